@@ -1,0 +1,1165 @@
+"""ecsbatch: run one Amazon ECS task as a batch job and exit with the exit code it deserves.
+
+`ecsbatch run` launches the RunTask request in run-task.yaml, waits until the task stops and
+exits with the exit code of the container that counts. `ecsbatch register` registers a task
+definition per image tag, and `ecsbatch validate` checks both files offline.
+
+The file reads top-down:
+  1. the exit-code contract and constants;
+  2. pure decisions: parse and validate input, render templates, judge a stopped task;
+  3. a thin AWS layer;
+  4. the wait loop and the signal guard;
+  5. the click commands, thin shells over the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import difflib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import sys
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+
+import click
+
+__version__ = "0.1.0"
+
+# ---------------------------------------------------------------------------------------------
+# 1. The exit-code contract and constants
+# ---------------------------------------------------------------------------------------------
+# 0-255 is the exit code of the container that counts. Everything else is ecsbatch's own word:
+EXIT_USAGE = 2  # bad usage or a bad input file; nothing was launched
+EXIT_TIMEOUT = 124  # --timeout expired; the task was stopped
+EXIT_ECS_FAILURE = 125  # ECS could not launch or finish the container, or refused a call
+EXIT_SIGINT = 130  # interrupted by SIGINT; the task was stopped first
+EXIT_SIGTERM = 143  # interrupted by SIGTERM; the task was stopped first
+EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+
+DEFAULT_RUN_FILE = "run-task.yaml"
+DEFAULT_REGISTER_FILE = "register-task.yaml"
+DEFAULT_POLL_INTERVAL = 6.0
+DEFAULT_STARTED_BY = "ecsbatch"
+# A poll waits a random 75-100% of --poll-interval so that jobs started in the same minute
+# drift apart instead of hitting DescribeTasks in lockstep.
+POLL_JITTER_FLOOR = 0.75
+FIRST_POLL_FLOOR = 0.1
+HEARTBEAT_SECONDS = 300.0
+# After StopTask, ECS sends SIGTERM and, 30 s later by default, SIGKILL. Wait a little longer.
+STOP_CONFIRM_SECONDS = 40.0
+STOP_CONFIRM_POLL = 2.0
+# DescribeTasks is eventually consistent: a task just launched may briefly be MISSING.
+MISSING_GRACE_SECONDS = 60.0
+# botocore's standard retry mode: exponential backoff with jitter, throttling included.
+AWS_RETRY_ATTEMPTS = 10
+AWS_CONNECT_TIMEOUT = 10
+AWS_READ_TIMEOUT = 30
+LAUNCH_RESENDS = 3  # after botocore's own retries, each with the same clientToken
+STOP_REASON_LIMIT = 255  # ECS's limit on StopTask's reason
+STARTED_BY_PATTERN = re.compile(r"^[A-Za-z0-9_/-]{1,36}$")
+DOCKER_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+VARIABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# `$${` is a literal `${`; `${NAME}` is a placeholder; any other `${` is malformed.
+PLACEHOLDER_PATTERN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
+DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+IMAGE_TAG_VARIABLE = "IMAGE_TAG"
+
+# A task stopped by someone or something other than its own containers did not finish its
+# job, whatever exit codes its containers report after SIGTERM.
+EXTERNAL_STOP_CODES = frozenset(
+    {"UserInitiated", "ServiceSchedulerInitiated", "SpotInterruption", "TerminationNotice"}
+)
+
+# Values that ECS fills into a registered task definition although the request left them out;
+# they must not make an unchanged definition look changed.
+CONTAINER_DEFAULTS = {"cpu": 0, "essential": True}
+PORT_MAPPING_DEFAULTS = {"protocol": "tcp"}
+
+
+class EcsbatchError(click.ClickException):
+    """An error that ends the command with one line on stderr and a documented exit code."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"ecsbatch: error: {self.format_message()}", err=True)
+
+
+class InputError(EcsbatchError):
+    """Bad usage or a bad input file. Nothing was sent to AWS."""
+
+    exit_code = EXIT_USAGE
+
+
+class AwsError(EcsbatchError):
+    """AWS refused a call or could not be reached."""
+
+    exit_code = EXIT_ECS_FAILURE
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException so that no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Verdict(NamedTuple):
+    """What a stopped task means for the job: the exit code and one line that explains it."""
+
+    exit_code: int
+    message: str
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Pure decisions
+# ---------------------------------------------------------------------------------------------
+
+
+def format_path(path: Tuple[Any, ...]) -> str:
+    """("overrides", "containerOverrides", 0, "name") -> overrides.containerOverrides[0].name"""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '2h', '1h30m' -> seconds."""
+    compact = text.strip().lower()
+    parts = DURATION_PATTERN.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise InputError(f"bad duration {text!r}: use seconds or a unit, e.g. 90, 90s, 15m, 2h")
+    seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise InputError(f"bad duration {text!r}: it must be more than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def parse_assignments(pairs: Tuple[str, ...], option: str, *, identifier: bool) -> Dict[str, str]:
+    """['A=1', 'B=x=y'] -> {'A': '1', 'B': 'x=y'}; later assignments win."""
+    result: Dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        valid = VARIABLE_NAME_PATTERN.match(name) if identifier else name
+        if not sep or not valid:
+            kind = "a letter or _ then letters, digits or _" if identifier else "a non-empty name"
+            raise InputError(f"{option} {pair!r}: expected NAME=VALUE with {kind}")
+        result[name] = value
+    return result
+
+
+def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any:
+    """Fill `${NAME}` placeholders in every string value of parsed YAML.
+
+    Substitution works on parsed values, never on text, and a substituted value is not scanned
+    again, so no value can change the document's structure or smuggle in another placeholder.
+    Every unresolved or malformed placeholder is reported at once.
+    """
+    problems: List[str] = []
+
+    def render_string(text: str, path: Tuple[Any, ...]) -> str:
+        def substitute(match: "re.Match[str]") -> str:
+            token, name = match.group(0), match.group(1)
+            if token == "$${":
+                return "${"
+            if name is None:
+                problems.append(f"malformed placeholder at {format_path(path) or 'top level'}: "
+                                f"write ${{NAME}}, or $${{ for a literal ${{")
+                return token
+            if name in variables:
+                return variables[name]
+            problems.append(f"unresolved placeholder ${{{name}}} at {format_path(path)}: "
+                            f"pass --var {name}=VALUE or set {name} in the environment")
+            return token
+
+        return PLACEHOLDER_PATTERN.sub(substitute, text)
+
+    def walk(value: Any, path: Tuple[Any, ...]) -> Any:
+        if isinstance(value, str):
+            return render_string(value, path)
+        if isinstance(value, dict):
+            return {key: walk(item, path + (key,)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item, path + (index,)) for index, item in enumerate(value)]
+        return value
+
+    rendered = walk(data, ())
+    if problems:
+        raise InputError(f"{source}: " + "; ".join(problems))
+    return rendered
+
+
+def parse_yaml_mapping(text: str, source: str) -> Dict[str, Any]:
+    """Parse a request file with yaml.safe_load; syntax errors name the line and column."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise InputError(f"{where}: YAML syntax error: {what}") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: YAML error: {exc}") from exc
+    if data is None:
+        raise InputError(f"{source} is empty: it must hold a mapping of request parameters")
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: the top level must be a mapping of request parameters, "
+                         f"not a {type(data).__name__}")
+    return data
+
+
+_service_model = None
+
+
+def ecs_service_model() -> Any:
+    """botocore's own ECS model, read from disk: no session, no credentials, no network."""
+    global _service_model
+    if _service_model is None:
+        from botocore.loaders import Loader
+        from botocore.model import ServiceModel
+
+        _service_model = ServiceModel(Loader().load_service_model("ecs", "service-2"), "ecs")
+    return _service_model
+
+
+def describe_validation_error(error_type: str, name: str, details: Mapping[str, Any]) -> str:
+    """One sentence for one finding of botocore's ParamValidator."""
+    where = name.lstrip(".")
+    if error_type == "unknown field":
+        unknown, valid = details["unknown_param"], details["valid_names"]
+        close = difflib.get_close_matches(str(unknown), valid, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
+        return f"unknown key {unknown!r}{' in ' + where if where else ''}: {hint}"
+    if error_type == "missing required field":
+        return f"missing required key {details['required_name']!r}{' in ' + where if where else ''}"
+    if error_type == "invalid type":
+        wanted = ", ".join(t.replace("<class '", "").replace("'>", "") for t in details["valid_types"])
+        got = details["param"]
+        hint = " (quote it in YAML)" if "str" in wanted and isinstance(got, (int, float, bool)) else ""
+        return f"{where} must be {wanted}, not {type(got).__name__} {got!r}{hint}"
+    if error_type == "invalid range":
+        return f"{where} is {details['param']!r}, below the minimum {details['min_allowed']}"
+    if error_type == "invalid length":
+        return f"{where} is too short: at least {details['min_allowed']} needed"
+    return f"{where or 'request'}: {error_type} ({', '.join(f'{k}={v!r}' for k, v in details.items())})"
+
+
+def shape_problems(operation: str, params: Mapping[str, Any]) -> List[str]:
+    """Every way `params` breaks botocore's model of the ECS operation, as sentences."""
+    from botocore.validate import ParamValidator
+
+    report = ParamValidator().validate(params, ecs_service_model().operation_model(operation).input_shape)
+    return [describe_validation_error(kind, name, details) for kind, name, details in report._errors]
+
+
+def run_request_problems(request: Mapping[str, Any]) -> List[str]:
+    """Shape problems plus the rules that ecsbatch adds to RunTask."""
+    problems = shape_problems("RunTask", request)
+    if request.get("count", 1) != 1:
+        problems.append("count must be 1 (or left out): ecsbatch runs and judges one task per job")
+    if "clientToken" in request:
+        problems.append("remove clientToken: ecsbatch makes a fresh one for every run, "
+                        "and a fixed one would make every later run return the first task")
+    started_by = request.get("startedBy")
+    if isinstance(started_by, str) and not STARTED_BY_PATTERN.match(started_by):
+        problems.append(f"startedBy {started_by!r} must be 1-36 letters, digits, _, - or /")
+    return problems
+
+
+def register_request_problems(request: Mapping[str, Any]) -> List[str]:
+    return shape_problems("RegisterTaskDefinition", request)
+
+
+def request_kind(request: Mapping[str, Any]) -> str:
+    """Which operation a request file is for: a task definition names its containers."""
+    return "RegisterTaskDefinition" if "containerDefinitions" in request or "family" in request else "RunTask"
+
+
+def check_docker_tag(tag: str) -> str:
+    if not DOCKER_TAG_PATTERN.match(tag) or "\n" in tag:
+        raise InputError(f"--tag {tag!r} is not a valid image tag: use 1-128 characters from "
+                         "A-Z a-z 0-9 _ . -, not starting with . or -")
+    return tag
+
+
+def check_started_by(value: str) -> str:
+    if not STARTED_BY_PATTERN.match(value):
+        raise InputError(f"--started-by {value!r}: ECS allows 1-36 letters, digits, _, - or /")
+    return value
+
+
+def essential_container_names(task_definition: Mapping[str, Any]) -> List[str]:
+    """Essential containers in definition order. ECS treats a missing `essential` as true."""
+    return [c["name"] for c in task_definition.get("containerDefinitions", []) if c.get("essential", True)]
+
+
+def counted_container_names(task_definition: Mapping[str, Any], container: Optional[str]) -> List[str]:
+    """The containers whose exit codes decide the job: --container, else the essential ones."""
+    names = [c["name"] for c in task_definition.get("containerDefinitions", [])]
+    if container is not None:
+        if container not in names:
+            raise InputError(f"--container {container!r} is not in task definition "
+                             f"{task_definition_label(task_definition)} (it has {', '.join(names)})")
+        return [container]
+    return essential_container_names(task_definition) or names
+
+
+def task_definition_label(task_definition: Mapping[str, Any]) -> str:
+    return f"{task_definition.get('family')}:{task_definition.get('revision')}"
+
+
+def build_run_request(
+    base: Mapping[str, Any],
+    *,
+    target_container: str,
+    env: Mapping[str, str],
+    command: Tuple[str, ...],
+) -> Dict[str, Any]:
+    """Merge -e and the trailing command into the target container's overrides; the CLI wins."""
+    request = copy.deepcopy(dict(base))
+    if not env and not command:
+        return request
+    overrides = request.setdefault("overrides", {})
+    container_overrides = overrides.setdefault("containerOverrides", [])
+    entry = next((o for o in container_overrides if o.get("name") == target_container), None)
+    if entry is None:
+        entry = {"name": target_container}
+        container_overrides.append(entry)
+    if env:
+        merged = [e for e in entry.get("environment", []) if e.get("name") not in env]
+        entry["environment"] = merged + [{"name": k, "value": v} for k, v in env.items()]
+    if command:
+        entry["command"] = list(command)
+    return request
+
+
+def one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def task_id(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[-1]
+
+
+def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str]) -> Verdict:
+    """The whole success judgment for a STOPPED task, from its DescribeTasks entry.
+
+    A task that failed to start, was stopped from outside, or whose counted container has no
+    exit code is an ECS failure (125), never a success. Otherwise the first non-zero exit code
+    among the counted containers, in definition order, decides; sidecars never do.
+    """
+    stop_code = task.get("stopCode")
+    containers = {c.get("name"): c for c in task.get("containers", [])}
+    counted = [containers.get(name, {"name": name}) for name in counted_names]
+    context = failure_context(task, counted)
+    tid = task_id(task.get("taskArn", "?"))
+
+    if stop_code == "TaskFailedToStart":
+        return Verdict(EXIT_ECS_FAILURE, f"task {tid} failed to start: {context}")
+    if stop_code in EXTERNAL_STOP_CODES:
+        return Verdict(EXIT_ECS_FAILURE, f"task {tid} was stopped before its job finished: {context}")
+    if not counted:
+        return Verdict(EXIT_ECS_FAILURE, f"task {tid} has no container to judge: {context}")
+    for container in counted:
+        code = container.get("exitCode")
+        if not isinstance(code, int) or isinstance(code, bool):
+            return Verdict(EXIT_ECS_FAILURE,
+                           f"task {tid}: container {container.get('name')} has no exit code: {context}")
+        if not 0 <= code <= 255:
+            return Verdict(EXIT_ECS_FAILURE,
+                           f"task {tid}: container {container.get('name')} reported exit code {code}, "
+                           f"outside 0-255: {context}")
+    for container in counted:
+        if container["exitCode"] != 0:
+            return Verdict(container["exitCode"],
+                           f"task {tid} failed: container {container['name']} exited "
+                           f"{container['exitCode']}: {context}")
+    names = ", ".join(c["name"] for c in counted)
+    return Verdict(0, f"task {tid} succeeded: {names} exited 0")
+
+
+def failure_context(task: Mapping[str, Any], counted: List[Mapping[str, Any]]) -> str:
+    """stopCode, stoppedReason and each counted container's exit code and reason, on one line."""
+    parts = [f"stopCode={task.get('stopCode') or '-'}",
+             f"stoppedReason={one_line(task.get('stoppedReason') or '-')!r}"]
+    for container in counted:
+        code = container.get("exitCode")
+        parts.append(f"{container.get('name')}: exitCode={'-' if code is None else code}, "
+                     f"reason={one_line(container.get('reason') or '-')!r}")
+    return "; ".join(parts)
+
+
+def next_poll_delay(poll_interval: float, rng: random.Random, *, first: bool = False) -> float:
+    """Never more than poll_interval; the first poll is spread over the whole interval."""
+    return poll_interval * rng.uniform(FIRST_POLL_FLOOR if first else POLL_JITTER_FLOOR, 1.0)
+
+
+def launch_failure_message(failures: List[Mapping[str, Any]]) -> str:
+    details = "; ".join(
+        one_line(" ".join(str(f.get(k)) for k in ("arn", "reason", "detail") if f.get(k)))
+        for f in failures) or "no task and no reason in the answer"
+    return f"RunTask started no task: {details}"
+
+
+def stop_reason_text(why: str) -> str:
+    return f"ecsbatch: {why}"[:STOP_REASON_LIMIT]
+
+
+def iso_time(value: Any) -> Optional[str]:
+    return value.isoformat() if isinstance(value, datetime.datetime) else value
+
+
+def task_summary(
+    task: Optional[Mapping[str, Any]],
+    *,
+    task_arn: Optional[str],
+    counted_names: List[str],
+    exit_code: int,
+    outcome: str,
+    message: str,
+    elapsed: float,
+    failures: Optional[List[Mapping[str, Any]]] = None,
+) -> Dict[str, Any]:
+    """The object that --json prints on exit."""
+    task = task or {}
+    summary = {
+        "taskArn": task.get("taskArn", task_arn),
+        "lastStatus": task.get("lastStatus"),
+        "stopCode": task.get("stopCode"),
+        "stoppedReason": task.get("stoppedReason"),
+        "containers": [
+            {"name": c.get("name"), "exitCode": c.get("exitCode"), "reason": c.get("reason"),
+             "counted": c.get("name") in counted_names}
+            for c in task.get("containers", [])
+        ],
+        "exitCode": exit_code,
+        "outcome": outcome,
+        "message": message,
+        "timings": {
+            "createdAt": iso_time(task.get("createdAt")),
+            "startedAt": iso_time(task.get("startedAt")),
+            "stoppedAt": iso_time(task.get("stoppedAt")),
+            "waitedSeconds": round(elapsed, 3),
+        },
+    }
+    if failures:
+        summary["failures"] = list(failures)
+    return summary
+
+
+def normalized_definition(definition: Mapping[str, Any], fields: List[str]) -> Dict[str, Any]:
+    """A task definition reduced to the request fields, without empties or ECS-filled defaults."""
+
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            pruned = {k: prune(v) for k, v in value.items()}
+            return {k: v for k, v in pruned.items() if v not in (None, [], {})}
+        if isinstance(value, list):
+            return [prune(v) for v in value]
+        return value
+
+    def drop_defaults(item: Dict[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
+        return {k: v for k, v in item.items() if not (k in defaults and defaults[k] == v)}
+
+    result = prune({k: v for k, v in definition.items() if k in fields})
+    containers = []
+    for container in result.get("containerDefinitions", []):
+        container = drop_defaults(container, CONTAINER_DEFAULTS)
+        if "portMappings" in container:
+            container["portMappings"] = [
+                drop_defaults({k: v for k, v in m.items()
+                               if not (k == "hostPort" and v == m.get("containerPort"))},
+                              PORT_MAPPING_DEFAULTS)
+                for m in container["portMappings"]]
+        containers.append(container)
+    if containers:
+        result["containerDefinitions"] = containers
+    return result
+
+
+def definition_matches(request: Mapping[str, Any], registered: Mapping[str, Any],
+                       registered_tags: List[Mapping[str, str]], fields: List[str]) -> bool:
+    """Would registering `request` give the same definition as the `registered` revision?"""
+    wanted = normalized_definition(request, fields)
+    have = normalized_definition(dict(registered, tags=registered_tags), fields)
+    wanted_tags = sorted((t["key"], t.get("value")) for t in wanted.pop("tags", []))
+    have_tags = sorted((t["key"], t.get("value")) for t in have.pop("tags", []))
+    return wanted == have and wanted_tags == have_tags
+
+
+def pin_task_definition(text: str, value: str, source: str) -> str:
+    """Set the top-level `taskDefinition` of a YAML file to `value`, keeping every other byte."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: cannot pin, YAML error: {one_line(exc)}") from exc
+    if not isinstance(root, yaml.MappingNode):
+        raise InputError(f"{source}: cannot pin, the top level is not a mapping")
+    rendered = json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+    plain = value if re.match(r"^[A-Za-z0-9_][A-Za-z0-9_:/.-]*$", value) else rendered
+    for key_node, value_node in root.value:
+        if key_node.value == "taskDefinition":
+            if not isinstance(value_node, yaml.ScalarNode):
+                raise InputError(f"{source}: cannot pin, taskDefinition is not a plain value")
+            start, end = value_node.start_mark.index, value_node.end_mark.index
+            new_text = text[:start] + plain + text[end:]
+            break
+    else:
+        new_text = text + ("" if text.endswith("\n") or not text else "\n") + f"taskDefinition: {plain}\n"
+    original, pinned = yaml.safe_load(text), yaml.safe_load(new_text)
+    original["taskDefinition"] = value
+    if pinned != original:
+        raise InputError(f"{source}: cannot pin taskDefinition safely; set it to {value} by hand")
+    return new_text
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A thin AWS layer
+# ---------------------------------------------------------------------------------------------
+
+
+def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
+    """One client per process. The standard credential chain and AWS_ENDPOINT_URL apply."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    try:
+        session = boto3.session.Session(profile_name=profile, region_name=region)
+        return session.client("ecs", config=botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": AWS_RETRY_ATTEMPTS},
+            connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
+            user_agent_extra=f"ecsbatch/{__version__}"))
+    except botocore.exceptions.NoRegionError as exc:
+        raise AwsError("no AWS region: pass --region or set AWS_REGION") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise AwsError(aws_error_text(exc)) from exc
+
+
+def aws_error_text(exc: BaseException) -> str:
+    """AWS's own message, on one line, with what to do for the errors operators meet."""
+    import botocore.exceptions
+
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "Error"), one_line(error.get("Message", ""))
+        text = f"{exc.operation_name}: {code}: {message}"
+        if code in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
+            text += " (grant this action to the instance role or profile in use)"
+        return text
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return ("no AWS credentials found: attach an instance role, or set AWS_PROFILE "
+                "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return f"cannot reach ECS at {exc.kwargs.get('endpoint_url')}: check the network and AWS_ENDPOINT_URL"
+    return one_line(exc) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def aws_errors_as(error_class: type = AwsError) -> Iterator[None]:
+    """Turn botocore's exceptions into one-line errors with the contract's exit code."""
+    import botocore.exceptions
+
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise error_class(aws_error_text(exc)) from exc
+
+
+def describe_task_definition(ecs: Any, name: str, *, with_tags: bool = False) -> Tuple[Dict[str, Any], List[Any]]:
+    with aws_errors_as():
+        answer = ecs.describe_task_definition(taskDefinition=name, **({"include": ["TAGS"]} if with_tags else {}))
+    return answer["taskDefinition"], answer.get("tags", [])
+
+
+def launch(ecs: Any, request: Mapping[str, Any]) -> Dict[str, Any]:
+    """RunTask. When no answer arrives even after botocore's retries, re-send the same request:
+    its clientToken makes ECS return the task it already started instead of a second one."""
+    import botocore.exceptions
+
+    no_answer = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
+    for resend in range(LAUNCH_RESENDS + 1):
+        try:
+            with aws_errors_as():
+                return ecs.run_task(**request)
+        except AwsError as exc:
+            if not isinstance(exc.__cause__, no_answer):
+                raise
+            if resend == LAUNCH_RESENDS:
+                raise AwsError(f"{exc.format_message()}; a task may have started: aws ecs list-tasks "
+                               f"{cli_cluster_arg(request.get('cluster'))}--started-by {request.get('startedBy')}"
+                               ) from exc.__cause__
+            progress(f"RunTask got no answer ({exc.format_message()}); re-sending it with the same clientToken")
+    raise AssertionError("unreachable")
+
+
+def describe_task(ecs: Any, cluster: Optional[str], task_arn: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(the task, None), or (None, why it is not there). Raises botocore's errors as they are."""
+    answer = ecs.describe_tasks(**cluster_arg(cluster), tasks=[task_arn])
+    for task in answer.get("tasks", []):
+        if task.get("taskArn") == task_arn or task_id(task.get("taskArn", "")) == task_id(task_arn):
+            return task, None
+    reasons = [f.get("reason") for f in answer.get("failures", []) if f.get("reason")]
+    return None, ", ".join(reasons) or "MISSING"
+
+
+def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> None:
+    ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=stop_reason_text(reason))
+
+
+def register_task_definition(ecs: Any, request: Mapping[str, Any]) -> Dict[str, Any]:
+    with aws_errors_as():
+        return ecs.register_task_definition(**request)["taskDefinition"]
+
+
+def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], List[Any]]:
+    """The family's latest ACTIVE revision with its tags, or (None, []) for a new family."""
+    import botocore.exceptions
+
+    try:
+        return describe_task_definition(ecs, family, with_tags=True)
+    except AwsError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, botocore.exceptions.ClientError) and \
+                cause.response.get("Error", {}).get("Code") == "ClientException":
+            return None, []
+        raise
+
+
+def cluster_arg(cluster: Optional[str]) -> Dict[str, str]:
+    return {"cluster": cluster} if cluster else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The wait loop
+# ---------------------------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    """One timestamped line on stderr; Hinemos keeps it as the job's output."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    click.echo(f"{stamp} ecsbatch: {message}", err=True)
+
+
+class SignalGuard:
+    """SIGINT and SIGTERM raise Interrupted, or wait for the end of a `deferred()` block.
+
+    A second signal exits at once with the first signal's code, without cleaning up.
+    """
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.deferring = False
+        self.on_second_signal = "exiting now"
+
+    def install(self) -> None:
+        for signum in EXIT_FOR_SIGNAL:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            progress(f"second {signal.Signals(signum).name}: {self.on_second_signal}")
+            sys.stderr.flush()
+            os._exit(EXIT_FOR_SIGNAL[self.received])
+        self.received = signum
+        if not self.deferring:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a signal until the block ends, so that a launch is never cut in half."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
+class TimeoutExpired(Exception):
+    pass
+
+
+class TaskMissing(Exception):
+    pass
+
+
+class Watch:
+    """Polls one task until it stops, printing each state change and a heartbeat."""
+
+    def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
+                 rng: Optional[random.Random] = None) -> None:
+        self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
+        self.poll_interval = poll_interval
+        self.rng = rng or random.Random()
+        self.started = time.monotonic()
+        self.last_task: Optional[Dict[str, Any]] = None
+        self.last_status: Optional[str] = None
+        self.last_line_at = self.started
+        self.polls = 0
+
+    def poll(self) -> Optional[Dict[str, Any]]:
+        """One DescribeTasks call. Returns the task, or None when ECS did not answer this time."""
+        import botocore.exceptions
+
+        self.polls += 1
+        try:
+            task, missing_reason = describe_task(self.ecs, self.cluster, self.task_arn)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            progress(f"DescribeTasks failed after retries, polling again: {aws_error_text(exc)}")
+            self.last_line_at = time.monotonic()
+            return None
+        if task is None:
+            if time.monotonic() - self.started >= MISSING_GRACE_SECONDS:
+                raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({missing_reason}): "
+                                  "it never started or was deleted")
+            return None
+        self.last_task = task
+        status = task.get("lastStatus")
+        now = time.monotonic()
+        if status != self.last_status:
+            progress(f"task {task_id(self.task_arn)} {status}")
+            self.last_status, self.last_line_at = status, now
+        elif now - self.last_line_at >= HEARTBEAT_SECONDS:
+            progress(f"task {task_id(self.task_arn)} still {status} after {format_duration(now - self.started)}")
+            self.last_line_at = now
+        return task
+
+    def until_stopped(self, deadline: Optional[float]) -> Dict[str, Any]:
+        """Poll until STOPPED. Raises TimeoutExpired at the deadline, TaskMissing if it vanished."""
+        delay = next_poll_delay(self.poll_interval, self.rng, first=True)
+        while True:
+            if deadline is not None:
+                if time.monotonic() >= deadline:
+                    raise TimeoutExpired()
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(delay)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutExpired()
+            task = self.poll()
+            if task is not None and task.get("lastStatus") == "STOPPED":
+                return task
+            delay = next_poll_delay(self.poll_interval, self.rng)
+
+    def stop_and_confirm(self, why: str) -> Optional[Dict[str, Any]]:
+        """StopTask, then wait a while for STOPPED. Returns the last state seen."""
+        import botocore.exceptions
+
+        tid = task_id(self.task_arn)
+        progress(f"stopping task {tid}: {why}")
+        try:
+            stop_task(self.ecs, self.cluster, self.task_arn, why)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            progress(f"StopTask failed: {aws_error_text(exc)}; stop it with: "
+                     f"aws ecs stop-task {cli_cluster_arg(self.cluster)}--task {self.task_arn}")
+            return self.last_task
+        deadline = time.monotonic() + STOP_CONFIRM_SECONDS
+        self.poll_interval = min(self.poll_interval, STOP_CONFIRM_POLL)
+        try:
+            return self.until_stopped(deadline)
+        except (TimeoutExpired, TaskMissing):
+            progress(f"task {tid} is still {self.last_status} after {format_duration(STOP_CONFIRM_SECONDS)}; "
+                     "ECS is stopping it")
+            return self.last_task
+
+
+def cli_cluster_arg(cluster: Optional[str]) -> str:
+    return f"--cluster {cluster} " if cluster else ""
+
+
+class Outcome(NamedTuple):
+    exit_code: int
+    kind: str  # succeeded, failed, timeout, interrupted, missing, error
+    message: str
+    task: Optional[Dict[str, Any]]
+
+
+def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], timeout: Optional[float],
+              timeout_text: str, interrupted_by: Optional[int] = None) -> Outcome:
+    """Wait for the task and judge it. Whatever ends the wait, the task is not left running."""
+    deadline = None if timeout is None else watch.started + timeout
+    guard.on_second_signal = f"exiting now; task {watch.task_arn} may still be running"
+    ending: Optional[Tuple[int, str, str]] = None
+    try:
+        if interrupted_by is not None:
+            raise Interrupted(interrupted_by)
+        task = watch.until_stopped(deadline)
+    except Interrupted as interrupt:
+        name = signal.Signals(interrupt.signum).name
+        ending = (EXIT_FOR_SIGNAL[interrupt.signum], "interrupted", f"{name} received by the job runner")
+    except TimeoutExpired:
+        ending = (EXIT_TIMEOUT, "timeout", f"--timeout {timeout_text} expired")
+    except TaskMissing as missing:
+        guard.deferring = True
+        return Outcome(EXIT_ECS_FAILURE, "missing", str(missing), watch.last_task)
+    except Exception as exc:  # a bug of ours must not orphan the task
+        logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
+        ending = (EXIT_ECS_FAILURE, "error", f"internal error while waiting ({type(exc).__name__}: "
+                  f"{one_line(exc)}; rerun with --debug for the traceback)")
+    # From here on a first signal only waits its turn; a second one still exits at once.
+    guard.deferring = True
+    if ending is None:
+        verdict = judge_stopped_task(task, counted_names)
+        return Outcome(verdict.exit_code, "succeeded" if verdict.exit_code == 0 else "failed", verdict.message, task)
+    exit_code, kind, why = ending
+    task = watch.stop_and_confirm(why)
+    state = (task or {}).get("lastStatus") or "state unknown"
+    return Outcome(exit_code, kind, f"{why}; task {task_id(watch.task_arn)} was stopped ({state})", task)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The click commands
+# ---------------------------------------------------------------------------------------------
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def aws_options(command: Callable) -> Callable:
+    """--region, --profile and --debug, shared by every command that talks to AWS."""
+    for decorator in reversed([
+        click.option("--region", metavar="REGION", help="AWS region; default: the standard chain (AWS_REGION, profile)."),
+        click.option("--profile", metavar="NAME", help="AWS profile; default: the standard credential chain."),
+        click.option("--debug", is_flag=True, help="Show tracebacks and botocore's wire log on stderr."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+def template_options(command: Callable) -> Callable:
+    return click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+                        help="Fill ${NAME} in the YAML file (repeatable). Unset names come from the environment.")(command)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout on exit.")
+
+
+def template_variables(variables: Tuple[str, ...], extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """--var first, then the environment."""
+    merged = dict(os.environ)
+    merged.update(parse_assignments(variables, "--var", identifier=True))
+    merged.update(extra or {})
+    return merged
+
+
+def load_request(path: str, variables: Mapping[str, str]) -> Dict[str, Any]:
+    """Read, parse and render one request file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError as exc:
+        raise InputError(f"{path} not found: pass -f/--file PATH, or run where the file is") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {one_line(exc)}") from exc
+    return render_template(parse_yaml_mapping(text, path), variables, path)
+
+
+def fail_on_problems(source: str, problems: List[str]) -> None:
+    if problems:
+        raise InputError(f"{source}: " + "; ".join(problems))
+
+
+def dump_yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def setup_debug(debug: bool) -> None:
+    if debug:
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", message="ecsbatch %(version)s")
+def cli() -> None:
+    """Run Amazon ECS tasks as batch jobs that a scheduler can judge by exit code.
+
+    \b
+    Exit codes: 0-255 the counted container's exit code; 2 bad input, nothing launched;
+    124 --timeout expired (task stopped); 125 ECS could not launch or finish the task;
+    130/143 SIGINT/SIGTERM (task stopped first).
+    """
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("-f", "--file", "path", default=DEFAULT_RUN_FILE, show_default=True, metavar="PATH",
+              help="RunTask request, as `aws ecs run-task --cli-input-yaml` takes it.")
+@template_options
+@click.option("--cluster", metavar="NAME", help="Override the file's cluster.")
+@click.option("--task-definition", metavar="FAMILY[:REV]|ARN", help="Override the file's taskDefinition.")
+@click.option("-e", "--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="Set an environment variable in the target container (repeatable).")
+@click.option("--container", metavar="NAME",
+              help="The container whose exit code counts, and the target of -e and COMMAND. "
+                   "Default: the essential containers count; the first one is the target.")
+@click.option("--timeout", "timeout_text", metavar="DURATION", help="Stop the task and exit 124 after this long: 90, 90s, 15m, 2h.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=DEFAULT_POLL_INTERVAL,
+              show_default=True, metavar="SECONDS", help="Longest gap between two DescribeTasks calls.")
+@click.option("--started-by", metavar="KEY", help=f"The task's startedBy (<= 36 chars). Default: the file's, else {DEFAULT_STARTED_BY}.")
+@click.option("--dry-run", is_flag=True, help="Print the rendered request as YAML and exit 0. No AWS call.")
+@json_option
+@aws_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND ARGS...]")
+def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_definition: Optional[str],
+        env_pairs: Tuple[str, ...], container: Optional[str], timeout_text: Optional[str], poll_interval: float,
+        started_by: Optional[str], dry_run: bool, as_json: bool, region: Optional[str], profile: Optional[str],
+        debug: bool, command: Tuple[str, ...]) -> None:
+    """Launch the task in run-task.yaml, wait until it stops, exit with its exit code.
+
+    \b
+    Example:
+        ecsbatch run
+        ecsbatch run -f run-task.yaml --timeout 2h -e TARGET_DATE=2026-11-28
+        ecsbatch run --cluster batch --task-definition nightly:42 -- python job.py --full
+        ecsbatch run --dry-run --var SUBNET_ID=subnet-0abc
+    """
+    setup_debug(debug)
+    guard = SignalGuard()
+    guard.install()
+    timeout = parse_duration(timeout_text) if timeout_text else None
+    env = parse_assignments(env_pairs, "-e/--env", identifier=False)
+    if started_by is not None:
+        check_started_by(started_by)
+    request = load_request(path, template_variables(variables))
+    for key, value in (("cluster", cluster), ("taskDefinition", task_definition), ("startedBy", started_by)):
+        if value is not None:
+            request[key] = value
+    request.setdefault("startedBy", DEFAULT_STARTED_BY)
+    fail_on_problems(path, run_request_problems(request))
+
+    if dry_run:
+        target = container or f"the first essential container of {request['taskDefinition']}"
+        final = build_run_request(request, target_container=target, env=env, command=command)
+        fail_on_problems(path, run_request_problems(final))
+        click.echo(dump_yaml(final), nl=False)
+        return
+
+    ecs = make_ecs_client(region, profile)
+    definition, _ = describe_task_definition(ecs, request["taskDefinition"])
+    counted = counted_container_names(definition, container)
+    target = container or counted[0]
+    # Launch exactly the revision we judged, even if a new one is registered meanwhile.
+    request["taskDefinition"] = definition["taskDefinitionArn"]
+    final = build_run_request(request, target_container=target, env=env, command=command)
+    fail_on_problems(path, run_request_problems(final))
+    # One token per process: botocore's retries and any re-send reuse it, so ECS starts one task.
+    final["clientToken"] = str(uuid.uuid4())
+
+    cluster_name = final.get("cluster")
+    launched_at = time.monotonic()
+    guard.on_second_signal = ("exiting now; a task may have been launched: "
+                              f"aws ecs list-tasks {cli_cluster_arg(cluster_name)}--started-by {final['startedBy']}")
+    answer: Optional[Dict[str, Any]] = None
+    pending_signal: Optional[int] = None
+    try:
+        with guard.deferred():
+            answer = launch(ecs, final)
+    except Interrupted as interrupt:
+        if not answer or not answer.get("tasks"):
+            raise
+        pending_signal = interrupt.signum
+    except AwsError as error:
+        emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted, exit_code=error.exit_code,
+                                           outcome="launch-failed", message=error.format_message(), elapsed=0.0))
+        raise
+
+    tasks = answer.get("tasks") or []
+    if not tasks:
+        message = launch_failure_message(answer.get("failures", []))
+        emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted, exit_code=EXIT_ECS_FAILURE,
+                                           outcome="launch-failed", message=message, elapsed=0.0,
+                                           failures=answer.get("failures")))
+        raise AwsError(message)
+    task_arn = tasks[0]["taskArn"]
+    progress(f"launched task {task_arn} ({task_definition_label(definition)}, counting {', '.join(counted)}); "
+             f"to reattach: ecsbatch wait {cli_cluster_arg(cluster_name)}{task_arn}")
+
+    watch = Watch(ecs, cluster_name, task_arn, poll_interval=poll_interval)
+    outcome = supervise(watch, guard, counted_names=counted, timeout=timeout, timeout_text=timeout_text or "",
+                        interrupted_by=pending_signal)
+    finish(outcome, as_json=as_json, task_arn=task_arn, counted=counted, elapsed=time.monotonic() - launched_at)
+
+
+def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+
+
+def finish(outcome: Outcome, *, as_json: bool, task_arn: str, counted: List[str], elapsed: float) -> None:
+    progress(outcome.message)
+    emit_summary(as_json, task_summary(outcome.task, task_arn=task_arn, counted_names=counted,
+                                       exit_code=outcome.exit_code, outcome=outcome.kind,
+                                       message=outcome.message, elapsed=elapsed))
+    click.get_current_context().exit(outcome.exit_code)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("-f", "--file", "path", default=DEFAULT_REGISTER_FILE, show_default=True, metavar="PATH",
+              help="RegisterTaskDefinition request, as `aws ecs register-task-definition --cli-input-yaml` takes it.")
+@click.option("--tag", required=True, metavar="TAG", help="Image tag that fills ${IMAGE_TAG}, e.g. the commit's first 7 characters.")
+@template_options
+@click.option("--pin", "pin_path", metavar="FILE", help="Then set FILE's top-level taskDefinition to the new family:revision.")
+@click.option("--force", is_flag=True, help="Register even if the latest revision is the same.")
+@click.option("--dry-run", is_flag=True, help="Print the rendered request as YAML and exit 0. No AWS call.")
+@json_option
+@aws_options
+def register(path: str, tag: str, variables: Tuple[str, ...], pin_path: Optional[str], force: bool, dry_run: bool,
+             as_json: bool, region: Optional[str], profile: Optional[str], debug: bool) -> None:
+    """Register the task definition in register-task.yaml for one image tag; print its ARN.
+
+    Nothing is registered when the family's latest ACTIVE revision already equals the rendered
+    request; its ARN is printed instead, so a re-run leaves no trail of identical revisions.
+
+    \b
+    Example:
+        ARN=$(ecsbatch register --tag "${CODEBUILD_RESOLVED_SOURCE_VERSION:0:7}" --pin run-task.yaml)
+        ecsbatch register --tag 1a2b3c4 --dry-run
+    """
+    setup_debug(debug)
+    check_docker_tag(tag)
+    request = load_request(path, template_variables(variables, {IMAGE_TAG_VARIABLE: tag}))
+    fail_on_problems(path, register_request_problems(request))
+    pin_text = read_pin_target(pin_path) if pin_path else None
+    if dry_run:
+        click.echo(dump_yaml(request), nl=False)
+        return
+
+    ecs = make_ecs_client(region, profile)
+    fields = list(ecs_service_model().operation_model("RegisterTaskDefinition").input_shape.members)
+    latest, latest_tags = (None, []) if force else latest_registered(ecs, request["family"])
+    if latest is not None and definition_matches(request, latest, latest_tags, fields):
+        definition, registered = latest, False
+        progress(f"{task_definition_label(definition)} already matches {path}; nothing registered")
+    else:
+        definition, registered = register_task_definition(ecs, request), True
+        progress(f"registered {task_definition_label(definition)}")
+    label = task_definition_label(definition)
+    if pin_path and pin_text is not None:
+        write_atomically(pin_path, pin_task_definition(pin_text, label, pin_path))
+        progress(f"pinned {pin_path} to {label}")
+    if as_json:
+        click.echo(json.dumps({"taskDefinitionArn": definition["taskDefinitionArn"], "family": definition["family"],
+                               "revision": definition["revision"], "registered": registered}))
+    else:
+        click.echo(definition["taskDefinitionArn"])
+
+
+def read_pin_target(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise InputError(f"--pin {path}: {one_line(exc)}") from exc
+    pin_task_definition(text, "check:1", path)  # fail before registering, not after
+    return text
+
+
+def write_atomically(path: str, text: str) -> None:
+    temporary = f"{path}.ecsbatch-{os.getpid()}.tmp"
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        mode = 0o644
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("paths", nargs=-1, metavar="[RUN_FILE] [REGISTER_FILE]")
+@template_options
+@click.option("--tag", metavar="TAG", help="Image tag that fills ${IMAGE_TAG}.")
+def validate(paths: Tuple[str, ...], variables: Tuple[str, ...], tag: Optional[str]) -> None:
+    """Render and check request files against botocore's ECS model, offline.
+
+    Each file is checked as RunTask or as RegisterTaskDefinition, by what it holds. Every
+    problem in every file is listed. Exit 0 when all are valid, 2 otherwise.
+
+    \b
+    Example:
+        ecsbatch validate
+        ecsbatch validate run-task.yaml register-task.yaml --tag 1a2b3c4 --var SUBNET_ID=subnet-0abc
+    """
+    extra = {IMAGE_TAG_VARIABLE: check_docker_tag(tag)} if tag else {}
+    names = template_variables(variables, extra)
+    problems: List[str] = []
+    for path in paths or (DEFAULT_RUN_FILE, DEFAULT_REGISTER_FILE):
+        try:
+            request = load_request(path, names)
+        except InputError as exc:
+            problems.append(exc.format_message())
+            continue
+        kind = request_kind(request)
+        found = run_request_problems(request) if kind == "RunTask" else register_request_problems(request)
+        problems.extend(f"{path}: {problem}" for problem in found)
+        if not found:
+            progress(f"{path}: valid {kind} request")
+    for problem in problems:
+        click.echo(f"ecsbatch: error: {problem}", err=True)
+    if problems:
+        click.get_current_context().exit(EXIT_USAGE)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: every failure ends in one line on stderr and a documented exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = args[: args.index("--")] if "--" in args else args
+    debug = "--debug" in options
+    try:
+        # Without standalone mode click returns ctx.exit()'s code instead of exiting.
+        result = cli.main(args=args, prog_name="ecsbatch", standalone_mode=False)
+    except click.Abort:
+        click.echo("ecsbatch: aborted", err=True)
+        sys.exit(EXIT_SIGINT)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"ecsbatch: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Interrupted as interrupt:
+        click.echo(f"ecsbatch: interrupted by {signal.Signals(interrupt.signum).name}; nothing was started", err=True)
+        sys.exit(EXIT_FOR_SIGNAL[interrupt.signum])
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"ecsbatch: internal error: {type(exc).__name__}: {one_line(exc)} "
+                   "(rerun with --debug for the traceback)", err=True)
+        sys.exit(EXIT_ECS_FAILURE)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
