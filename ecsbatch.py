@@ -543,21 +543,31 @@ def pin_task_definition(text: str, value: str, source: str) -> str:
 
 
 def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
-    """One client per process. The standard credential chain and AWS_ENDPOINT_URL apply."""
+    """One client per process. The standard credential chain and AWS_ENDPOINT_URL apply, and so
+    do AWS_RETRY_MODE and AWS_MAX_ATTEMPTS; unset, they default to standard mode, generously."""
     import boto3
     import botocore.config
     import botocore.exceptions
+    import botocore.session
 
     try:
-        session = boto3.session.Session(profile_name=profile, region_name=region)
+        core = botocore.session.get_session()
+        session = boto3.session.Session(botocore_session=core, profile_name=profile, region_name=region)
+        profile_config = core.get_scoped_config()
+        retries = {
+            "mode": os.environ.get("AWS_RETRY_MODE") or profile_config.get("retry_mode") or "standard",
+            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or profile_config.get("max_attempts")
+                                or AWS_RETRY_ATTEMPTS),
+        }
         return session.client("ecs", config=botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": AWS_RETRY_ATTEMPTS},
-            connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
+            retries=retries, connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
             user_agent_extra=f"ecsbatch/{__version__}"))
     except botocore.exceptions.NoRegionError as exc:
         raise AwsError("no AWS region: pass --region or set AWS_REGION") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise AwsError(aws_error_text(exc)) from exc
+    except ValueError as exc:
+        raise InputError(f"AWS_MAX_ATTEMPTS or max_attempts is not a whole number: {exc}") from exc
 
 
 def aws_error_text(exc: BaseException) -> str:
@@ -735,7 +745,8 @@ class Watch:
             self.last_line_at = time.monotonic()
             return None
         if task is None:
-            if time.monotonic() - self.started >= MISSING_GRACE_SECONDS:
+            # Once seen, a task stays visible for an hour after it stops: MISSING is definitive.
+            if self.last_task is not None or time.monotonic() - self.started >= MISSING_GRACE_SECONDS:
                 raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({missing_reason}): "
                                   "it never started or was deleted")
             return None
@@ -811,7 +822,8 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
         task = watch.until_stopped(deadline)
     except Interrupted as interrupt:
         name = signal.Signals(interrupt.signum).name
-        ending = (EXIT_FOR_SIGNAL[interrupt.signum], "interrupted", f"{name} received by the job runner")
+        when = " during launch" if interrupted_by is not None else ""
+        ending = (EXIT_FOR_SIGNAL[interrupt.signum], "interrupted", f"{name} received by the job runner{when}")
     except TimeoutExpired:
         ending = (EXIT_TIMEOUT, "timeout", f"--timeout {timeout_text} expired")
     except TaskMissing as missing:

@@ -1,0 +1,165 @@
+"""A loopback HTTP proxy in front of the local ECS endpoint that counts requests and injects faults.
+
+Faults are rules matched against the operation named in the X-Amz-Target header:
+- throttle: answer 400 ThrottlingException instead of forwarding;
+- drop: close the connection without an answer, before forwarding;
+- lose-answer: forward, let ECS act, then close the connection without the answer;
+- delay: wait `seconds`, then forward;
+- deny: answer 400 AccessDeniedException instead of forwarding.
+A rule applies `times` times, or for `seconds` seconds of wall time when it has a window.
+With no upstream the proxy is a tripwire: it counts connections and answers none.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+
+ERRORS = {
+    "throttle": ("ThrottlingException", "Rate exceeded"),
+    "deny": ("AccessDeniedException", "User: arn:aws:sts::123456789012:assumed-role/batch-server/i-0abc "
+             "is not authorized to perform: ecs:RunTask on resource: *"),
+}
+
+
+@dataclass
+class Fault:
+    action: str  # throttle | deny | drop | lose-answer | delay
+    operation: Optional[str] = None  # None matches every operation
+    times: Optional[int] = None  # how many requests it applies to; None: unlimited in its window
+    window: Optional[float] = None  # seconds from when it was added
+    seconds: float = 0.0  # for delay
+    added_at: float = 0.0
+
+    def applies(self, operation: str, now: float) -> bool:
+        if self.operation not in (None, operation):
+            return False
+        if self.window is not None and now - self.added_at > self.window:
+            return False
+        return self.times is None or self.times > 0
+
+
+class FaultProxy:
+    def __init__(self, upstream: Optional[str]) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream) if upstream else None
+        self.faults: List[Fault] = []
+        self.log: List[Dict[str, object]] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy.lock:
+                    proxy.connections += 1
+
+            def do_POST(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_PUT = do_DELETE = do_POST
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def add(self, fault: Fault) -> Fault:
+        fault.added_at = time.monotonic()
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def count(self, operation: str) -> int:
+        with self.lock:
+            return sum(1 for entry in self.log if entry["operation"] == operation)
+
+    def times(self, operation: str) -> List[float]:
+        with self.lock:
+            return [float(entry["at"]) for entry in self.log if entry["operation"] == operation]  # type: ignore[arg-type]
+
+    def _take_fault(self, operation: str) -> Optional[Fault]:
+        now = time.monotonic()
+        with self.lock:
+            for fault in self.faults:
+                if fault.applies(operation, now):
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        operation = (handler.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
+        with self.lock:
+            self.log.append({"operation": operation, "at": time.time()})
+        fault = self._take_fault(operation)
+        if self.upstream is None or (fault and fault.action == "drop"):
+            self._hang_up(handler)
+            return
+        if fault and fault.action in ERRORS:
+            code, message = ERRORS[fault.action]
+            self._answer(handler, 400, {"Content-Type": "application/x-amz-json-1.1"},
+                         json.dumps({"__type": code, "message": message}).encode())
+            return
+        if fault and fault.action == "delay":
+            time.sleep(fault.seconds)
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+            connection.request(handler.command, handler.path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            answer_headers = {k: v for k, v in response.getheaders()
+                              if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+        except OSError:  # the endpoint is gone (end of a test run): hang up as it would
+            self._hang_up(handler)
+            return
+        finally:
+            connection.close()
+        if fault and fault.action == "lose-answer":
+            self._hang_up(handler)
+            return
+        self._answer(handler, response.status, answer_headers, payload)
+
+    @staticmethod
+    def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, headers: Dict[str, str],
+                payload: bytes) -> None:
+        handler.send_response(status)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    @staticmethod
+    def _hang_up(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        try:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
