@@ -175,7 +175,8 @@ def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any
     again, so no value can change the document's structure or smuggle in another placeholder.
     Every unresolved or malformed placeholder is reported at once.
     """
-    problems: List[str] = []
+    unresolved: Dict[str, List[str]] = {}
+    malformed: List[str] = []
 
     def render_string(text: str, path: Tuple[Any, ...]) -> str:
         def substitute(match: "re.Match[str]") -> str:
@@ -183,13 +184,11 @@ def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any
             if token == "$${":
                 return "${"
             if name is None:
-                problems.append(f"malformed placeholder at {format_path(path) or 'top level'}: "
-                                f"write ${{NAME}}, or $${{ for a literal ${{")
-                return token
-            if name in variables:
+                malformed.append(format_path(path) or "top level")
+            elif name in variables:
                 return variables[name]
-            problems.append(f"unresolved placeholder ${{{name}}} at {format_path(path)}: "
-                            f"pass --var {name}=VALUE or set {name} in the environment")
+            else:
+                unresolved.setdefault(name, []).append(format_path(path))
             return token
 
         return PLACEHOLDER_PATTERN.sub(substitute, text)
@@ -204,6 +203,12 @@ def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any
         return value
 
     rendered = walk(data, ())
+    problems = []
+    if unresolved:
+        names = ", ".join(f"${{{name}}} (at {', '.join(paths)})" for name, paths in unresolved.items())
+        problems.append(f"unresolved {names}: pass --var NAME=VALUE or set NAME in the environment")
+    if malformed:
+        problems.append(f"malformed placeholder at {', '.join(malformed)}: write ${{NAME}}, or $${{ for a literal ${{")
     if problems:
         raise InputError(f"{source}: " + "; ".join(problems))
     return rendered
@@ -552,18 +557,22 @@ def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
 
     try:
         core = botocore.session.get_session()
-        session = boto3.session.Session(botocore_session=core, profile_name=profile, region_name=region)
+        session = boto3.session.Session(botocore_session=core, profile_name=profile)
+        # botocore reads AWS_DEFAULT_REGION and the profile; CodeBuild and aws CLI v2 users set AWS_REGION.
+        region = region or core.get_config_variable("region") or os.environ.get("AWS_REGION")
+        if not region:
+            raise botocore.exceptions.NoRegionError()
         profile_config = core.get_scoped_config()
         retries = {
             "mode": os.environ.get("AWS_RETRY_MODE") or profile_config.get("retry_mode") or "standard",
             "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or profile_config.get("max_attempts")
                                 or AWS_RETRY_ATTEMPTS),
         }
-        return session.client("ecs", config=botocore.config.Config(
+        return session.client("ecs", region_name=region, config=botocore.config.Config(
             retries=retries, connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
             user_agent_extra=f"ecsbatch/{__version__}"))
     except botocore.exceptions.NoRegionError as exc:
-        raise AwsError("no AWS region: pass --region or set AWS_REGION") from exc
+        raise AwsError("no AWS region: pass --region, set AWS_REGION, or set region in the AWS profile") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise AwsError(aws_error_text(exc)) from exc
     except ValueError as exc:
