@@ -17,16 +17,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import difflib
 import json
-import logging
 import os
 import random
 import re
 import signal
 import sys
 import time
-import uuid
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import click
@@ -235,24 +232,30 @@ def parse_yaml_mapping(text: str, source: str) -> Dict[str, Any]:
     return data
 
 
-_service_model = None
+_botocore_session = None
+
+
+def botocore_session() -> Any:
+    """One botocore session per process: validation and the client share its parsed ECS model."""
+    global _botocore_session
+    if _botocore_session is None:
+        import botocore.session
+
+        _botocore_session = botocore.session.get_session()
+    return _botocore_session
 
 
 def ecs_service_model() -> Any:
-    """botocore's own ECS model, read from disk: no session, no credentials, no network."""
-    global _service_model
-    if _service_model is None:
-        from botocore.loaders import Loader
-        from botocore.model import ServiceModel
-
-        _service_model = ServiceModel(Loader().load_service_model("ecs", "service-2"), "ecs")
-    return _service_model
+    """botocore's own ECS model, read from disk: no credentials, no network."""
+    return botocore_session().get_service_model("ecs")
 
 
 def describe_validation_error(error_type: str, name: str, details: Mapping[str, Any]) -> str:
     """One sentence for one finding of botocore's ParamValidator."""
     where = name.lstrip(".")
     if error_type == "unknown field":
+        import difflib
+
         unknown, valid = details["unknown_param"], details["valid_names"]
         close = difflib.get_close_matches(str(unknown), valid, n=1)
         hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
@@ -553,10 +556,9 @@ def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
     import boto3
     import botocore.config
     import botocore.exceptions
-    import botocore.session
 
     try:
-        core = botocore.session.get_session()
+        core = botocore_session()
         session = boto3.session.Session(botocore_session=core, profile_name=profile)
         # botocore reads AWS_DEFAULT_REGION and the profile; CodeBuild and aws CLI v2 users set AWS_REGION.
         region = region or core.get_config_variable("region") or os.environ.get("AWS_REGION")
@@ -839,6 +841,8 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
         guard.deferring = True
         return Outcome(EXIT_ECS_FAILURE, "missing", str(missing), watch.last_task)
     except Exception as exc:  # a bug of ours must not orphan the task
+        import logging
+
         logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
         ending = (EXIT_ECS_FAILURE, "error", f"internal error while waiting ({type(exc).__name__}: "
                   f"{one_line(exc)}; rerun with --debug for the traceback)")
@@ -912,6 +916,8 @@ def dump_yaml(data: Any) -> str:
 
 def setup_debug(debug: bool) -> None:
     if debug:
+        import logging
+
         logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -990,6 +996,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     final = build_run_request(request, target_container=target, env=env, command=command)
     fail_on_problems(path, run_request_problems(final))
     # One token per process: botocore's retries and any re-send reuse it, so ECS starts one task.
+    import uuid
+
     final["clientToken"] = str(uuid.uuid4())
 
     cluster_name = final.get("cluster")

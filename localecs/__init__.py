@@ -88,6 +88,7 @@ class TaskState:
         self.plan = plan
         self.born = time.monotonic()
         self.stop_requested_at: Optional[float] = None
+        self.stopped_monotonic: Optional[float] = None
         self.done = False
         task.containers = [SimContainer(task.task_arn, d) for d in definition["containerDefinitions"]]
         task.created_at = utcnow()
@@ -323,4 +324,5 @@ class LocalEcs:
         state.task.last_status = "STOPPED"
         state.task.desired_status = "STOPPED"
         state.task.stopped_at = utcnow()
+        state.stopped_monotonic = time.monotonic()
         state.done = True
