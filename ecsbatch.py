@@ -371,6 +371,16 @@ def task_id(task_arn: str) -> str:
     return task_arn.rsplit("/", 1)[-1]
 
 
+def cluster_arg(cluster: Optional[str]) -> Dict[str, str]:
+    """The cluster keyword for an ECS call; no cluster means ECS's default cluster."""
+    return {"cluster": cluster} if cluster else {}
+
+
+def cli_cluster_arg(cluster: Optional[str]) -> str:
+    """The same, for a command line printed for an operator."""
+    return f"--cluster {cluster} " if cluster else ""
+
+
 def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str]) -> Verdict:
     """The whole success judgment for a STOPPED task, from its DescribeTasks entry.
 
@@ -550,6 +560,12 @@ def pin_task_definition(text: str, value: str, source: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def progress(message: str) -> None:
+    """One timestamped line on stderr; Hinemos keeps it as the job's output."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    click.echo(f"{stamp} ecsbatch: {message}", err=True)
+
+
 def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
     """One client per process. The standard credential chain and AWS_ENDPOINT_URL apply, and so
     do AWS_RETRY_MODE and AWS_MAX_ATTEMPTS; unset, they default to standard mode, generously."""
@@ -601,14 +617,14 @@ def aws_error_text(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def aws_errors_as(error_class: type = AwsError) -> Iterator[None]:
+def aws_errors_as() -> Iterator[None]:
     """Turn botocore's exceptions into one-line errors with the contract's exit code."""
     import botocore.exceptions
 
     try:
         yield
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise error_class(aws_error_text(exc)) from exc
+        raise AwsError(aws_error_text(exc)) from exc
 
 
 def describe_task_definition(ecs: Any, name: str, *, with_tags: bool = False) -> Tuple[Dict[str, Any], List[Any]]:
@@ -671,19 +687,9 @@ def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], 
         raise
 
 
-def cluster_arg(cluster: Optional[str]) -> Dict[str, str]:
-    return {"cluster": cluster} if cluster else {}
-
-
 # ---------------------------------------------------------------------------------------------
 # 4. The wait loop
 # ---------------------------------------------------------------------------------------------
-
-
-def progress(message: str) -> None:
-    """One timestamped line on stderr; Hinemos keeps it as the job's output."""
-    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    click.echo(f"{stamp} ecsbatch: {message}", err=True)
 
 
 class SignalGuard:
@@ -810,10 +816,6 @@ class Watch:
             return self.last_task
 
 
-def cli_cluster_arg(cluster: Optional[str]) -> str:
-    return f"--cluster {cluster} " if cluster else ""
-
-
 class Outcome(NamedTuple):
     exit_code: int
     kind: str  # succeeded, failed, timeout, interrupted, missing, error
@@ -891,16 +893,19 @@ def template_variables(variables: Tuple[str, ...], extra: Optional[Mapping[str, 
     return merged
 
 
-def load_request(path: str, variables: Mapping[str, str]) -> Dict[str, Any]:
-    """Read, parse and render one request file."""
+def read_text(path: str, what: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except FileNotFoundError as exc:
-        raise InputError(f"{path} not found: pass -f/--file PATH, or run where the file is") from exc
+        raise InputError(f"{what} {path} not found: pass its path, or run where the file is") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {one_line(exc)}") from exc
-    return render_template(parse_yaml_mapping(text, path), variables, path)
+        raise InputError(f"cannot read {what} {path}: {one_line(exc)}") from exc
+
+
+def load_request(path: str, variables: Mapping[str, str]) -> Dict[str, Any]:
+    """Read, parse and render one request file."""
+    return render_template(parse_yaml_mapping(read_text(path, "request file"), path), variables, path)
 
 
 def fail_on_problems(source: str, problems: List[str]) -> None:
@@ -1100,11 +1105,7 @@ def register(path: str, tag: str, variables: Tuple[str, ...], pin_path: Optional
 
 
 def read_pin_target(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise InputError(f"--pin {path}: {one_line(exc)}") from exc
+    text = read_text(path, "--pin file")
     pin_task_definition(text, "check:1", path)  # fail before registering, not after
     return text
 

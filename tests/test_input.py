@@ -18,7 +18,7 @@ networkConfiguration:
 
 
 @pytest.mark.parametrize("text, extra_args, fragments", [
-    (None, [], ["not found", "-f/--file"]),
+    (None, [], ["request file", "not found"]),
     ("", [], ["is empty"]),
     ("# only a comment\n", [], ["is empty"]),
     ("cluster: [batch\n", [], ["run-task.yaml:2:1", "YAML syntax error"]),
