@@ -14,6 +14,7 @@ The file reads top-down:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import datetime
@@ -69,6 +70,16 @@ PLACEHOLDER_PATTERN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 IMAGE_TAG_VARIABLE = "IMAGE_TAG"
+# Keys that ecsbatch derives from --job-key start with this, so `status` can tell its tasks apart.
+JOB_KEY_PREFIX = "ecsbatch-"
+# CloudWatch Logs: the log driver may still be flushing when the task stops, so the final read
+# goes on until the stream has been quiet this long (and never longer than the limit).
+LOG_SETTLE_SECONDS = 2.0
+LOG_DRAIN_LIMIT_SECONDS = 30.0
+LOG_DRAIN_POLL = 0.5
+LOG_TAIL_LINES = 10  # shown again under the failure line
+DESCRIBE_TASKS_BATCH = 100  # DescribeTasks' limit per call
+DEFAULT_STOP_TIMEOUT = "2m"
 
 # A task stopped by someone or something other than its own containers did not finish its
 # job, whatever exit codes its containers report after SIGTERM.
@@ -338,6 +349,113 @@ def task_definition_label(task_definition: Mapping[str, Any]) -> str:
     return f"{task_definition.get('family')}:{task_definition.get('revision')}"
 
 
+def job_key_started_by(job_key: str) -> str:
+    """A startedBy that fits ECS's 36 characters, derived from any text such as Hinemos job
+    variables. The same text always gives the same key, so a stop command can find the task."""
+    import hashlib
+
+    if not job_key:
+        raise InputError("--job-key must not be empty")
+    digest = hashlib.sha256(job_key.encode("utf-8")).hexdigest()
+    return JOB_KEY_PREFIX + digest[: 36 - len(JOB_KEY_PREFIX)]
+
+
+def chosen_started_by(started_by: Optional[str], job_key: Optional[str]) -> Optional[str]:
+    """--started-by KEY or --job-key TEXT, checked; None when neither was given."""
+    if started_by is not None and job_key is not None:
+        raise InputError("give --started-by or --job-key, not both")
+    if job_key is not None:
+        return job_key_started_by(job_key)
+    return None if started_by is None else check_started_by(started_by)
+
+
+def is_ecsbatch_task(task: Mapping[str, Any]) -> bool:
+    started_by = task.get("startedBy") or ""
+    return started_by == DEFAULT_STARTED_BY or started_by.startswith(JOB_KEY_PREFIX)
+
+
+def task_reference(task: str, cluster: Optional[str]) -> Optional[str]:
+    """The cluster for a TASK argument: --cluster, else the one a long-format ARN names."""
+    if cluster is None and task.startswith("arn:"):
+        parts = task.split(":", 5)[-1].split("/")  # task/CLUSTER/ID
+        if len(parts) == 3:
+            return parts[1]
+    return cluster
+
+
+class LogSource(NamedTuple):
+    group: str
+    stream: str
+    region: Optional[str]
+
+
+def container_log_source(task_definition: Mapping[str, Any], container: str,
+                         task_arn: str) -> Tuple[Optional[LogSource], str]:
+    """Where one container's log lines can be read, and a sentence that says where they go."""
+    definition = next((c for c in task_definition.get("containerDefinitions", []) if c.get("name") == container), {})
+    config = definition.get("logConfiguration") or {}
+    driver, options = config.get("logDriver"), config.get("options") or {}
+    if driver == "awslogs":
+        group, prefix = options.get("awslogs-group"), options.get("awslogs-stream-prefix")
+        if group and prefix:
+            stream = f"{prefix}/{container}/{task_id(task_arn)}"
+            return LogSource(group, stream, options.get("awslogs-region")), f"CloudWatch Logs {group} {stream}"
+        return None, (f"container {container} logs to CloudWatch Logs group {group} without "
+                      "awslogs-stream-prefix, so its stream cannot be named; see the ECS console")
+    if not driver:
+        return None, f"container {container} has no log configuration; its output is not kept"
+    destination = options.get("Host") or options.get("fluentd-address") or options.get("Name")
+    return None, (f"container {container} sends its logs through {driver}"
+                  f"{' to ' + destination if destination else ''}; ecsbatch does not stream them")
+
+
+def status_rows(tasks: List[Mapping[str, Any]]) -> List[Dict[str, str]]:
+    """One row per task for `ecsbatch status`, newest first."""
+    rows = []
+    for task in sorted(tasks, key=lambda t: str(t.get("createdAt") or ""), reverse=True):
+        codes = " ".join(f"{c.get('name')}={c.get('exitCode', '-')}" for c in task.get("containers", []))
+        rows.append({
+            "TASK": task_id(task.get("taskArn", "?")),
+            "STATUS": task.get("lastStatus") or "-",
+            "STARTED BY": task.get("startedBy") or "-",
+            "DEFINITION": task.get("taskDefinitionArn", "").rsplit("/", 1)[-1] or "-",
+            "CREATED": iso_time(task.get("createdAt")) or "-",
+            "STOP CODE": task.get("stopCode") or "-",
+            "EXIT CODES": codes or "-",
+        })
+    return rows
+
+
+def format_table(rows: List[Mapping[str, str]]) -> str:
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def task_details(task: Mapping[str, Any]) -> str:
+    """Everything an operator asks about one task, one fact per line."""
+    lines = [
+        f"task          {task.get('taskArn')}",
+        f"status        {task.get('lastStatus')} (desired {task.get('desiredStatus')})",
+        f"definition    {task.get('taskDefinitionArn')}",
+        f"started by    {task.get('startedBy') or '-'}",
+        f"created       {iso_time(task.get('createdAt')) or '-'}",
+        f"started       {iso_time(task.get('startedAt')) or '-'}",
+        f"stopped       {iso_time(task.get('stoppedAt')) or '-'}",
+        f"stop code     {task.get('stopCode') or '-'}",
+        f"stop reason   {one_line(task.get('stoppedReason') or '-')}",
+    ]
+    for container in task.get("containers", []):
+        code = container.get("exitCode")
+        lines.append(f"container     {container.get('name')}: {container.get('lastStatus')}, "
+                     f"exitCode={'-' if code is None else code}, reason={one_line(container.get('reason') or '-')}")
+    return "\n".join(lines)
+
+
 def build_run_request(
     base: Mapping[str, Any],
     *,
@@ -566,8 +684,8 @@ def progress(message: str) -> None:
     click.echo(f"{stamp} ecsbatch: {message}", err=True)
 
 
-def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
-    """One client per process. The standard credential chain and AWS_ENDPOINT_URL apply, and so
+def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
+    """One client per service and process. The standard credential chain and AWS_ENDPOINT_URL apply, and so
     do AWS_RETRY_MODE and AWS_MAX_ATTEMPTS; unset, they default to standard mode, generously."""
     import boto3
     import botocore.config
@@ -586,7 +704,7 @@ def make_ecs_client(region: Optional[str], profile: Optional[str]) -> Any:
             "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or profile_config.get("max_attempts")
                                 or AWS_RETRY_ATTEMPTS),
         }
-        return session.client("ecs", region_name=region, config=botocore.config.Config(
+        return session.client(service, region_name=region, config=botocore.config.Config(
             retries=retries, connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
             user_agent_extra=f"ecsbatch/{__version__}"))
     except botocore.exceptions.NoRegionError as exc:
@@ -668,6 +786,33 @@ def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> N
     ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=stop_reason_text(reason))
 
 
+def list_task_arns(ecs: Any, cluster: Optional[str], *, desired_status: str,
+                   started_by: Optional[str] = None) -> List[str]:
+    arns: List[str] = []
+    filters = dict(cluster_arg(cluster), desiredStatus=desired_status,
+                   **({"startedBy": started_by} if started_by else {}))
+    with aws_errors_as():
+        for page in ecs.get_paginator("list_tasks").paginate(**filters):
+            arns.extend(page.get("taskArns", []))
+    return arns
+
+
+def describe_tasks(ecs: Any, cluster: Optional[str], task_arns: List[str]) -> List[Dict[str, Any]]:
+    tasks: List[Dict[str, Any]] = []
+    with aws_errors_as():
+        for start in range(0, len(task_arns), DESCRIBE_TASKS_BATCH):
+            answer = ecs.describe_tasks(**cluster_arg(cluster), tasks=task_arns[start:start + DESCRIBE_TASKS_BATCH])
+            tasks.extend(answer.get("tasks", []))
+    return tasks
+
+
+def read_log_page(logs: Any, source: LogSource, token: Optional[str]) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    """One page of a log stream, oldest first, and the token for the next one."""
+    answer = logs.get_log_events(logGroupName=source.group, logStreamName=source.stream, startFromHead=True,
+                                 **({"nextToken": token} if token else {}))
+    return answer.get("events", []), answer.get("nextForwardToken")
+
+
 def register_task_definition(ecs: Any, request: Mapping[str, Any]) -> Dict[str, Any]:
     with aws_errors_as():
         return ecs.register_task_definition(**request)["taskDefinition"]
@@ -736,13 +881,73 @@ class TaskMissing(Exception):
     pass
 
 
+class LogFollower:
+    """Prints a container's CloudWatch Logs lines as they arrive, each exactly once.
+
+    It pages with forward tokens from the head of the stream, waits for a stream that does not
+    exist yet, and keeps the last lines for the failure report. A failed read is reported once
+    and retried on the next poll: logs never end the wait or change the exit code.
+    """
+
+    def __init__(self, logs: Any, source: LogSource, *, to_stderr: bool) -> None:
+        self.logs, self.source, self.to_stderr = logs, source, to_stderr
+        self.token: Optional[str] = None
+        self.tail: "collections.deque[str]" = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.failing = False
+
+    def poll(self) -> int:
+        """Read every page there is now. Returns how many lines were printed."""
+        import botocore.exceptions
+
+        printed = 0
+        while True:
+            try:
+                events, next_token = read_log_page(self.logs, self.source, self.token)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                    self._report(exc)
+                return printed  # a stream appears when its container starts
+            except botocore.exceptions.BotoCoreError as exc:
+                self._report(exc)
+                return printed
+            self.failing = False
+            for event in events:
+                line = str(event.get("message", "")).rstrip("\n")
+                click.echo(line, err=self.to_stderr)
+                self.tail.append(line)
+            printed += len(events)
+            # CloudWatch Logs hands back the token it was given at the end of the stream.
+            if not next_token or next_token == self.token:
+                return printed
+            self.token = next_token
+
+    def drain(self) -> None:
+        """After the task stopped: read on until the stream has been quiet for a while."""
+        limit = time.monotonic() + LOG_DRAIN_LIMIT_SECONDS
+        quiet_since = time.monotonic()
+        while time.monotonic() < limit:
+            if self.poll():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= LOG_SETTLE_SECONDS:
+                return
+            time.sleep(LOG_DRAIN_POLL)
+
+    def _report(self, exc: BaseException) -> None:
+        if not self.failing:
+            progress(f"reading {self.source.group} {self.source.stream} failed, will retry: {aws_error_text(exc)}")
+        self.failing = True
+
+
 class Watch:
     """Polls one task until it stops, printing each state change and a heartbeat."""
 
     def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
+                 follower: Optional[LogFollower] = None, missing_grace: float = MISSING_GRACE_SECONDS,
                  rng: Optional[random.Random] = None) -> None:
         self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
         self.poll_interval = poll_interval
+        self.follower = follower
+        self.missing_grace = missing_grace
         self.rng = rng or random.Random()
         self.started = time.monotonic()
         self.last_task: Optional[Dict[str, Any]] = None
@@ -763,7 +968,7 @@ class Watch:
             return None
         if task is None:
             # Once seen, a task stays visible for an hour after it stops: MISSING is definitive.
-            if self.last_task is not None or time.monotonic() - self.started >= MISSING_GRACE_SECONDS:
+            if self.last_task is not None or time.monotonic() - self.started >= self.missing_grace:
                 raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({missing_reason}): "
                                   "it never started or was deleted")
             return None
@@ -790,6 +995,8 @@ class Watch:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutExpired()
             task = self.poll()
+            if self.follower is not None:
+                self.follower.poll()
             if task is not None and task.get("lastStatus") == "STOPPED":
                 return task
             delay = next_poll_delay(self.poll_interval, self.rng)
@@ -841,7 +1048,7 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
         ending = (EXIT_TIMEOUT, "timeout", f"--timeout {timeout_text} expired")
     except TaskMissing as missing:
         guard.deferring = True
-        return Outcome(EXIT_ECS_FAILURE, "missing", str(missing), watch.last_task)
+        return Outcome(EXIT_ECS_FAILURE, "missing", str(missing), watch.last_task)  # no stream to drain
     except Exception as exc:  # a bug of ours must not orphan the task
         import logging
 
@@ -852,11 +1059,16 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
     guard.deferring = True
     if ending is None:
         verdict = judge_stopped_task(task, counted_names)
-        return Outcome(verdict.exit_code, "succeeded" if verdict.exit_code == 0 else "failed", verdict.message, task)
-    exit_code, kind, why = ending
-    task = watch.stop_and_confirm(why)
-    state = (task or {}).get("lastStatus") or "state unknown"
-    return Outcome(exit_code, kind, f"{why}; task {task_id(watch.task_arn)} was stopped ({state})", task)
+        outcome = Outcome(verdict.exit_code, "succeeded" if verdict.exit_code == 0 else "failed", verdict.message,
+                          task)
+    else:
+        exit_code, kind, why = ending
+        task = watch.stop_and_confirm(why)
+        state = (task or {}).get("lastStatus") or "state unknown"
+        outcome = Outcome(exit_code, kind, f"{why}; task {task_id(watch.task_arn)} was stopped ({state})", task)
+    if watch.follower is not None:
+        watch.follower.drain()  # the last lines, usually the error, come after the stop
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------
@@ -883,6 +1095,33 @@ def template_options(command: Callable) -> Callable:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout on exit.")
+cluster_option = click.option("--cluster", metavar="NAME", help="The cluster; default: the one a task ARN names, else ECS's default.")
+
+
+def wait_options(command: Callable) -> Callable:
+    """What `run` and `wait` share about waiting for a task."""
+    for decorator in reversed([
+        click.option("--container", metavar="NAME",
+                     help="The container whose exit code counts. Default: the task definition's essential containers."),
+        click.option("--timeout", "timeout_text", metavar="DURATION",
+                     help="Stop the task and exit 124 after this long: 90, 90s, 15m, 2h."),
+        click.option("--poll-interval", type=click.FloatRange(min=0.05), default=DEFAULT_POLL_INTERVAL,
+                     show_default=True, metavar="SECONDS", help="Longest gap between two DescribeTasks calls."),
+        click.option("--no-logs", is_flag=True, help="Do not stream the container's CloudWatch Logs."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+def key_options(command: Callable) -> Callable:
+    """--started-by and --job-key: the key that finds a job's tasks without local state."""
+    for decorator in reversed([
+        click.option("--started-by", metavar="KEY", help="startedBy: 1-36 letters, digits, _, - or /."),
+        click.option("--job-key", metavar="TEXT", help="Derive startedBy from any text, e.g. Hinemos job variables; "
+                     "run and stop derive the same key."),
+    ]):
+        command = decorator(command)
+    return command
 
 
 def template_variables(variables: Tuple[str, ...], extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -947,28 +1186,27 @@ def cli() -> None:
 @click.option("--task-definition", metavar="FAMILY[:REV]|ARN", help="Override the file's taskDefinition.")
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="Set an environment variable in the target container (repeatable).")
-@click.option("--container", metavar="NAME",
-              help="The container whose exit code counts, and the target of -e and COMMAND. "
-                   "Default: the essential containers count; the first one is the target.")
-@click.option("--timeout", "timeout_text", metavar="DURATION", help="Stop the task and exit 124 after this long: 90, 90s, 15m, 2h.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=DEFAULT_POLL_INTERVAL,
-              show_default=True, metavar="SECONDS", help="Longest gap between two DescribeTasks calls.")
-@click.option("--started-by", metavar="KEY", help=f"The task's startedBy (<= 36 chars). Default: the file's, else {DEFAULT_STARTED_BY}.")
+@wait_options
+@key_options
 @click.option("--dry-run", is_flag=True, help="Print the rendered request as YAML and exit 0. No AWS call.")
 @json_option
 @aws_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND ARGS...]")
 def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_definition: Optional[str],
         env_pairs: Tuple[str, ...], container: Optional[str], timeout_text: Optional[str], poll_interval: float,
-        started_by: Optional[str], dry_run: bool, as_json: bool, region: Optional[str], profile: Optional[str],
-        debug: bool, command: Tuple[str, ...]) -> None:
+        no_logs: bool, started_by: Optional[str], job_key: Optional[str], dry_run: bool, as_json: bool,
+        region: Optional[str], profile: Optional[str], debug: bool, command: Tuple[str, ...]) -> None:
     """Launch the task in run-task.yaml, wait until it stops, exit with its exit code.
+
+    -e and COMMAND go to --container, else to the first essential container. The task's
+    startedBy is --started-by, a key derived from --job-key, the file's, or "ecsbatch".
 
     \b
     Example:
         ecsbatch run
         ecsbatch run -f run-task.yaml --timeout 2h -e TARGET_DATE=2026-11-28
         ecsbatch run --cluster batch --task-definition nightly:42 -- python job.py --full
+        ecsbatch run --job-key "#[SESSION_ID]/#[JOB_ID]" --timeout 3h
         ecsbatch run --dry-run --var SUBNET_ID=subnet-0abc
     """
     setup_debug(debug)
@@ -976,8 +1214,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     guard.install()
     timeout = parse_duration(timeout_text) if timeout_text else None
     env = parse_assignments(env_pairs, "-e/--env", identifier=False)
-    if started_by is not None:
-        check_started_by(started_by)
+    started_by = chosen_started_by(started_by, job_key)
     request = load_request(path, template_variables(variables))
     for key, value in (("cluster", cluster), ("taskDefinition", task_definition), ("startedBy", started_by)):
         if value is not None:
@@ -992,7 +1229,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
         click.echo(dump_yaml(final), nl=False)
         return
 
-    ecs = make_ecs_client(region, profile)
+    ecs = make_client("ecs", region, profile)
     definition, _ = describe_task_definition(ecs, request["taskDefinition"])
     counted = counted_container_names(definition, container)
     target = container or counted[0]
@@ -1006,9 +1243,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     final["clientToken"] = str(uuid.uuid4())
 
     cluster_name = final.get("cluster")
-    launched_at = time.monotonic()
     guard.on_second_signal = ("exiting now; a task may have been launched: "
-                              f"aws ecs list-tasks {cli_cluster_arg(cluster_name)}--started-by {final['startedBy']}")
+                              f"ecsbatch stop {cli_cluster_arg(cluster_name)}--started-by {final['startedBy']}")
     answer: Optional[Dict[str, Any]] = None
     pending_signal: Optional[int] = None
     try:
@@ -1033,11 +1269,82 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     task_arn = tasks[0]["taskArn"]
     progress(f"launched task {task_arn} ({task_definition_label(definition)}, counting {', '.join(counted)}); "
              f"to reattach: ecsbatch wait {cli_cluster_arg(cluster_name)}{task_arn}")
+    wait_to_the_end(ecs, guard, cluster=cluster_name, task_arn=task_arn, definition=definition, counted=counted,
+                    timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs,
+                    as_json=as_json, region=region, profile=profile, interrupted_by=pending_signal,
+                    missing_grace=MISSING_GRACE_SECONDS)
 
-    watch = Watch(ecs, cluster_name, task_arn, poll_interval=poll_interval)
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("task")
+@cluster_option
+@wait_options
+@json_option
+@aws_options
+def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_text: Optional[str],
+         poll_interval: float, no_logs: bool, as_json: bool, region: Optional[str], profile: Optional[str],
+         debug: bool) -> None:
+    """Attach to a task that is already running and behave as `run` does from launch on.
+
+    The same exit codes, the same logs, the same signals: SIGTERM or SIGINT stops the task.
+
+    \b
+    Example:
+        ecsbatch wait --cluster batch 0123456789abcdef0123456789abcdef
+        ecsbatch wait arn:aws:ecs:ap-northeast-1:123456789012:task/batch/0123456789abcdef --timeout 1h
+    """
+    setup_debug(debug)
+    guard = SignalGuard()
+    guard.install()
+    timeout = parse_duration(timeout_text) if timeout_text else None
+    cluster = task_reference(task, cluster)
+    ecs = make_client("ecs", region, profile)
+    with aws_errors_as():
+        found, missing_reason = describe_task(ecs, cluster, task)
+    if found is None:
+        raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}: "
+                       "check the id and --cluster; ECS forgets stopped tasks after about an hour")
+    definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
+    counted = counted_container_names(definition, container)
+    progress(f"attached to task {found['taskArn']} ({task_definition_label(definition)}, counting "
+             f"{', '.join(counted)}), {found.get('lastStatus')}")
+    wait_to_the_end(ecs, guard, cluster=cluster, task_arn=found["taskArn"], definition=definition, counted=counted,
+                    timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs,
+                    as_json=as_json, region=region, profile=profile, interrupted_by=None, missing_grace=0.0)
+
+
+def wait_to_the_end(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
+                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
+                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
+                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
+                    missing_grace: float) -> None:
+    """The waiting half of `run`, shared with `wait`: follow, judge, report, exit."""
+    started = time.monotonic()
+    follower = log_follower(definition, counted[0], task_arn, region=region, profile=profile,
+                            to_stderr=as_json) if logs else None
+    watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=follower, missing_grace=missing_grace)
     outcome = supervise(watch, guard, counted_names=counted, timeout=timeout, timeout_text=timeout_text or "",
-                        interrupted_by=pending_signal)
-    finish(outcome, as_json=as_json, task_arn=task_arn, counted=counted, elapsed=time.monotonic() - launched_at)
+                        interrupted_by=interrupted_by)
+    progress(outcome.message)
+    tail = list(follower.tail) if follower is not None else []
+    if outcome.exit_code != 0 and tail:
+        click.echo(f"last {len(tail)} log lines of {counted[0]}:", err=True)
+        for line in tail:
+            click.echo(f"  | {line}", err=True)
+    summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
+                           outcome=outcome.kind, message=outcome.message, elapsed=time.monotonic() - started)
+    emit_summary(as_json, dict(summary, logTail=tail))
+    click.get_current_context().exit(outcome.exit_code)
+
+
+def log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *, region: Optional[str],
+                 profile: Optional[str], to_stderr: bool) -> Optional[LogFollower]:
+    source, where = container_log_source(definition, container, task_arn)
+    if source is None:
+        progress(where)
+        return None
+    progress(f"streaming the log of {container} from {where}")
+    return LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=to_stderr)
 
 
 def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
@@ -1045,12 +1352,144 @@ def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
         click.echo(json.dumps(summary, default=str))
 
 
-def finish(outcome: Outcome, *, as_json: bool, task_arn: str, counted: List[str], elapsed: float) -> None:
-    progress(outcome.message)
-    emit_summary(as_json, task_summary(outcome.task, task_arn=task_arn, counted_names=counted,
-                                       exit_code=outcome.exit_code, outcome=outcome.kind,
-                                       message=outcome.message, elapsed=elapsed))
-    click.get_current_context().exit(outcome.exit_code)
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("task", required=False)
+@cluster_option
+@click.option("--started-by", metavar="KEY", help="List the tasks with exactly this startedBy.")
+@json_option
+@aws_options
+def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str], as_json: bool,
+           region: Optional[str], profile: Optional[str], debug: bool) -> None:
+    """Show one task, or list ecsbatch's tasks: running and recently stopped.
+
+    Without TASK, the list holds the tasks whose startedBy is "ecsbatch" or a key derived with
+    --job-key, or exactly --started-by KEY. ECS keeps stopped tasks for about an hour.
+
+    \b
+    Example:
+        ecsbatch status --cluster batch
+        ecsbatch status --cluster batch 0123456789abcdef0123456789abcdef --json
+    """
+    setup_debug(debug)
+    ecs = make_client("ecs", region, profile)
+    if task is not None:
+        cluster = task_reference(task, cluster)
+        with aws_errors_as():
+            found, missing_reason = describe_task(ecs, cluster, task)
+        if found is None:
+            raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}")
+        click.echo(json.dumps(found, default=str) if as_json else task_details(found))
+        return
+    if started_by is not None:
+        check_started_by(started_by)
+    arns = [arn for desired in ("RUNNING", "STOPPED")
+            for arn in list_task_arns(ecs, cluster, desired_status=desired, started_by=started_by)]
+    tasks = [t for t in describe_tasks(ecs, cluster, arns)
+             if (t.get("startedBy") == started_by if started_by else is_ecsbatch_task(t))]
+    if as_json:
+        click.echo(json.dumps(tasks, default=str))
+    elif tasks:
+        click.echo(format_table(status_rows(tasks)))
+    else:
+        progress(f"no ecsbatch task in cluster {cluster or 'default'}, running or stopped in the last hour")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("task", required=False)
+@cluster_option
+@key_options
+@click.option("--reason", default="stopped by an operator with ecsbatch stop", show_default=True,
+              help="Why; shown as the task's stoppedReason.")
+@click.option("--timeout", "timeout_text", default=DEFAULT_STOP_TIMEOUT, show_default=True, metavar="DURATION",
+              help="Exit 124 if the tasks are not STOPPED by then.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=STOP_CONFIRM_POLL, show_default=True,
+              metavar="SECONDS", help="Gap between two DescribeTasks calls.")
+@aws_options
+def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str], job_key: Optional[str],
+         reason: str, timeout_text: str, poll_interval: float, region: Optional[str], profile: Optional[str],
+         debug: bool) -> None:
+    """Stop a task, or every running task with a startedBy key, and wait until they are STOPPED.
+
+    With --started-by or --job-key it needs no local state, so it works even after the runner was
+    killed outright: use it as the scheduler's stop command. Exit 0 once every task is STOPPED,
+    also when there was none to stop.
+
+    \b
+    Example:
+        ecsbatch stop --cluster batch 0123456789abcdef0123456789abcdef
+        ecsbatch stop --cluster batch --job-key "#[SESSION_ID]/#[JOB_ID]"
+    """
+    setup_debug(debug)
+    key = chosen_started_by(started_by, job_key)
+    if (task is None) == (key is None):
+        raise InputError("name a TASK, or give --started-by or --job-key (one of them)")
+    deadline = time.monotonic() + parse_duration(timeout_text)
+    ecs = make_client("ecs", region, profile)
+    if task is not None:
+        cluster = task_reference(task, cluster)
+        arns = [task]
+    else:
+        arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
+        if not arns:
+            progress(f"no running task with startedBy {key} in cluster {cluster or 'default'}; nothing to stop")
+            return
+    for arn in arns:
+        with aws_errors_as():
+            stop_task(ecs, cluster, arn, reason)
+        progress(f"StopTask sent for {task_id(arn)}")
+    pending = set(arns)
+    while True:
+        for found in describe_tasks(ecs, cluster, sorted(pending)):
+            if found.get("lastStatus") == "STOPPED":
+                progress(f"task {task_id(found['taskArn'])} STOPPED")
+                pending -= {arn for arn in pending if task_id(arn) == task_id(found["taskArn"])}
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            click.echo(f"ecsbatch: error: not STOPPED after {timeout_text}: "
+                       f"{', '.join(task_id(a) for a in sorted(pending))}; ECS is still stopping them", err=True)
+            click.get_current_context().exit(EXIT_TIMEOUT)
+        time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("task")
+@cluster_option
+@click.option("--container", metavar="NAME", help="Whose log. Default: the first essential container.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the task stops.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=DEFAULT_POLL_INTERVAL, show_default=True,
+              metavar="SECONDS", help="With --follow, the gap between two reads.")
+@aws_options
+def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bool, poll_interval: float,
+         region: Optional[str], profile: Optional[str], debug: bool) -> None:
+    """Print a task's container log from CloudWatch Logs (the awslogs driver).
+
+    Interrupting `logs --follow` never stops the task.
+
+    \b
+    Example:
+        ecsbatch logs --cluster batch 0123456789abcdef0123456789abcdef
+        ecsbatch logs --follow arn:aws:ecs:ap-northeast-1:123456789012:task/batch/0123456789abcdef
+    """
+    setup_debug(debug)
+    cluster = task_reference(task, cluster)
+    ecs = make_client("ecs", region, profile)
+    with aws_errors_as():
+        found, missing_reason = describe_task(ecs, cluster, task)
+    if found is None:
+        raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}")
+    definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
+    name = counted_container_names(definition, container)[0]
+    source, where = container_log_source(definition, name, found["taskArn"])
+    if source is None:
+        raise InputError(where)
+    follower = LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=False)
+    follower.poll()
+    if follow:
+        watch = Watch(ecs, cluster, found["taskArn"], poll_interval=poll_interval, follower=follower, missing_grace=0.0)
+        with contextlib.suppress(TaskMissing):
+            watch.until_stopped(None)
+        follower.drain()
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -1084,7 +1523,7 @@ def register(path: str, tag: str, variables: Tuple[str, ...], pin_path: Optional
         click.echo(dump_yaml(request), nl=False)
         return
 
-    ecs = make_ecs_client(region, profile)
+    ecs = make_client("ecs", region, profile)
     fields = list(ecs_service_model().operation_model("RegisterTaskDefinition").input_shape.members)
     latest, latest_tags = (None, []) if force else latest_registered(ecs, request["family"])
     if latest is not None and definition_matches(request, latest, latest_tags, fields):

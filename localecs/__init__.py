@@ -189,6 +189,7 @@ class LocalEcs:
     # -- moto patches -----------------------------------------------------------------------
     def _patch_moto(self) -> None:
         from moto.core.responses import ActionResult
+        from moto.ecs.exceptions import InvalidParameterException
         from moto.ecs.models import EC2ContainerServiceBackend
         from moto.ecs.responses import EC2ContainerServiceResponse as Responses
 
@@ -198,7 +199,6 @@ class LocalEcs:
             return
         Responses._localecs = sim
         original_run_task = Responses.run_task
-        original_stop_task = EC2ContainerServiceBackend.stop_task
 
         def run_task(self: Any) -> Any:
             sim = Responses._localecs
@@ -231,6 +231,7 @@ class LocalEcs:
             return ActionResult({"tasks": tasks, "failures": failures})
 
         def stop_task(self: Any, cluster_str: str, task_str: str, reason: str) -> Any:
+            self._get_cluster(cluster_str)
             sim = Responses._localecs
             with sim.lock:
                 for state in sim.states.values():
@@ -242,7 +243,7 @@ class LocalEcs:
                             task.stopped_reason = reason or "Task stopped by user"
                             task.stop_code = "UserInitiated"
                         return task
-            return original_stop_task(self, cluster_str, task_str, reason)
+            raise InvalidParameterException("The referenced task was not found.")
 
         def recorded(name: str, method: Any) -> Any:
             def call(self: Any) -> Any:

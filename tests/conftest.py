@@ -196,4 +196,4 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> str:
     return line
 
 
-__all__ = ["Plan", "signal", "assert_one_line_error", "offline_env", "run_cli", "Job", "Result", "REPO", "APP", "SIDECAR"]
+__all__ = ["Plan", "Running", "signal", "assert_one_line_error", "offline_env", "run_cli", "Job", "Result", "REPO", "APP", "SIDECAR"]
