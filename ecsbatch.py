@@ -1,8 +1,9 @@
 """ecsbatch: run one Amazon ECS task as a batch job and exit with the exit code it deserves.
 
 `ecsbatch run` launches the RunTask request in run-task.yaml, waits until the task stops and
-exits with the exit code of the container that counts. `ecsbatch register` registers a task
-definition per image tag, and `ecsbatch validate` checks both files offline.
+exits with the exit code of the container that counts. `wait`, `status`, `stop` and `logs` are
+for operators; `register` registers a task definition per image tag, and `validate` checks both
+request files offline.
 
 The file reads top-down:
   1. the exit-code contract and constants;
@@ -62,9 +63,10 @@ AWS_CONNECT_TIMEOUT = 10
 AWS_READ_TIMEOUT = 30
 LAUNCH_RESENDS = 3  # after botocore's own retries, each with the same clientToken
 STOP_REASON_LIMIT = 255  # ECS's limit on StopTask's reason
-STARTED_BY_PATTERN = re.compile(r"^[A-Za-z0-9_/-]{1,36}$")
-DOCKER_TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-VARIABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+STARTED_BY_PATTERN = re.compile(r"[A-Za-z0-9_/-]{1,36}")
+DOCKER_TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+VARIABLE_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # `$${` is a literal `${`; `${NAME}` is a placeholder; any other `${` is malformed.
 PLACEHOLDER_PATTERN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
@@ -112,6 +114,12 @@ class AwsError(EcsbatchError):
     """AWS refused a call or could not be reached."""
 
     exit_code = EXIT_ECS_FAILURE
+
+
+class StillRunning(EcsbatchError):
+    """The tasks were asked to stop but are not STOPPED in time."""
+
+    exit_code = EXIT_TIMEOUT
 
 
 class Interrupted(BaseException):
@@ -168,7 +176,7 @@ def parse_assignments(pairs: Tuple[str, ...], option: str, *, identifier: bool) 
     result: Dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        valid = VARIABLE_NAME_PATTERN.match(name) if identifier else name
+        valid = VARIABLE_NAME_PATTERN.fullmatch(name) if identifier else name
         if not sep or not valid:
             kind = "a letter or _ then letters, digits or _" if identifier else "a non-empty name"
             raise InputError(f"{option} {pair!r}: expected NAME=VALUE with {kind}")
@@ -302,7 +310,7 @@ def run_request_problems(request: Mapping[str, Any]) -> List[str]:
         problems.append("remove clientToken: ecsbatch makes a fresh one for every run, "
                         "and a fixed one would make every later run return the first task")
     started_by = request.get("startedBy")
-    if isinstance(started_by, str) and not STARTED_BY_PATTERN.match(started_by):
+    if isinstance(started_by, str) and not STARTED_BY_PATTERN.fullmatch(started_by):
         problems.append(f"startedBy {started_by!r} must be 1-36 letters, digits, _, - or /")
     return problems
 
@@ -317,14 +325,14 @@ def request_kind(request: Mapping[str, Any]) -> str:
 
 
 def check_docker_tag(tag: str) -> str:
-    if not DOCKER_TAG_PATTERN.match(tag) or "\n" in tag:
+    if not DOCKER_TAG_PATTERN.fullmatch(tag):
         raise InputError(f"--tag {tag!r} is not a valid image tag: use 1-128 characters from "
                          "A-Z a-z 0-9 _ . -, not starting with . or -")
     return tag
 
 
 def check_started_by(value: str) -> str:
-    if not STARTED_BY_PATTERN.match(value):
+    if not STARTED_BY_PATTERN.fullmatch(value):
         raise InputError(f"--started-by {value!r}: ECS allows 1-36 letters, digits, _, - or /")
     return value
 
@@ -685,15 +693,17 @@ def progress(message: str) -> None:
 
 
 def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
-    """One client per service and process. The standard credential chain and AWS_ENDPOINT_URL apply, and so
-    do AWS_RETRY_MODE and AWS_MAX_ATTEMPTS; unset, they default to standard mode, generously."""
-    import boto3
+    """One client per service and process, from the botocore session that validation already
+    loaded (boto3.client() returns the same botocore client, at the cost of importing boto3).
+    The standard credential chain and AWS_ENDPOINT_URL apply, and so do AWS_RETRY_MODE and
+    AWS_MAX_ATTEMPTS; unset, they default to standard mode, generously."""
     import botocore.config
     import botocore.exceptions
 
     try:
         core = botocore_session()
-        session = boto3.session.Session(botocore_session=core, profile_name=profile)
+        if profile:
+            core.set_config_variable("profile", profile)
         # botocore reads AWS_DEFAULT_REGION and the profile; CodeBuild and aws CLI v2 users set AWS_REGION.
         region = region or core.get_config_variable("region") or os.environ.get("AWS_REGION")
         if not region:
@@ -704,7 +714,7 @@ def make_client(service: str, region: Optional[str], profile: Optional[str]) -> 
             "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or profile_config.get("max_attempts")
                                 or AWS_RETRY_ATTEMPTS),
         }
-        return session.client(service, region_name=region, config=botocore.config.Config(
+        return core.create_client(service, region_name=region, config=botocore.config.Config(
             retries=retries, connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
             user_agent_extra=f"ecsbatch/{__version__}"))
     except botocore.exceptions.NoRegionError as exc:
@@ -1446,9 +1456,8 @@ def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str],
         if not pending:
             return
         if time.monotonic() >= deadline:
-            click.echo(f"ecsbatch: error: not STOPPED after {timeout_text}: "
-                       f"{', '.join(task_id(a) for a in sorted(pending))}; ECS is still stopping them", err=True)
-            click.get_current_context().exit(EXIT_TIMEOUT)
+            raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(task_id(a) for a in sorted(pending))}; "
+                               "ECS is still stopping them")
         time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
 
 

@@ -16,38 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+from common import REPO, Launcher, ecsbatch_command, prepare, runner_env  # noqa: E402
 from localecs import LocalEcs, Plan  # noqa: E402
 from localecs.proxy import FaultProxy  # noqa: E402
 
 OPERATIONS = ("DescribeTaskDefinition", "RunTask", "DescribeTasks", "StopTask")
-
-
-class Launcher:
-    """The small process that starts every runner (see bench/launcher.py)."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(REPO / "bench" / "launcher.py")],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, command, env):
-        self.process.stdin.write(json.dumps({"command": command, "env": env}) + "\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait()
 
 
 def measure(launcher, command, env, ecs, proxy, running, exit_code):
@@ -56,10 +34,17 @@ def measure(launcher, command, env, ecs, proxy, running, exit_code):
     before = {op: proxy.count(op) for op in OPERATIONS}
     known = set(ecs.states)
     cost = launcher.run(command, env)
+    launched_at = proxy.entries("RunTask")[before["RunTask"]]["at"]
     (new_task,) = [ecs.states[arn] for arn in ecs.states if arn not in known]
     return dict(cost, expected_exit_code=exit_code, wall_seconds=cost["exited"] - cost["started"],
+                launch_seconds=launched_at - cost["started"],
                 detection_seconds=cost["exited"] - new_task.stopped_monotonic,
                 calls={op: proxy.count(op) - before[op] for op in OPERATIONS})
+
+
+def median_wall(launcher, command, env, times: int = 5) -> float:
+    walls = sorted(c["exited"] - c["started"] for c in (launcher.run(command, env) for _ in range(times)))
+    return walls[len(walls) // 2]
 
 
 def compare(name, short, long, polling):
@@ -73,6 +58,7 @@ def compare(name, short, long, polling):
         "extra_polls": extra_polls,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "detection_s": max(short["detection_seconds"], long["detection_seconds"]),
+        "launch_s": min(r["launch_seconds"] for r in runs),
         "calls_per_job": long["calls"],
         "runs": {"short": short, "long": long, "polling": polling},
     }
@@ -96,18 +82,11 @@ def main() -> int:
 
     launcher = Launcher()  # before moto is loaded, so that runners start from a small process
     with LocalEcs() as ecs, FaultProxy(ecs.url) as proxy, tempfile.TemporaryDirectory() as work:
-        network = ecs.seed_network()
-        family = "bench"
-        ecs.client("ecs").register_task_definition(
-            family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
-            containerDefinitions=[{"name": "app", "image": "batch:1", "memory": 256, "essential": True}])
-        request = {"cluster": network["ECS_CLUSTER"], "taskDefinition": family, "launchType": "FARGATE",
-                   "networkConfiguration": {"awsvpcConfiguration": {
-                       "subnets": [network["SUBNET_ID"]], "securityGroups": [network["SECURITY_GROUP_ID"]]}}}
+        request = prepare(ecs)
         run_file = Path(work) / "run-task.yaml"
         run_file.write_text(json.dumps(request))  # JSON is YAML, and both runners read it
-        env = dict(os.environ, **ecs.client_env(proxy.url), POLL=str(args.poll))
-        ecsbatch = [sys.executable, str(REPO / "ecsbatch.py"), "run", "-f", str(run_file)]
+        env = runner_env(**ecs.client_env(proxy.url), POLL=str(args.poll))
+        ecsbatch = ecsbatch_command() + ["run", "-f", str(run_file)]
         shell = ["bash", str(REPO / "bench" / "start-ECS.sh"), str(run_file)]
 
         results = []
@@ -122,6 +101,11 @@ def main() -> int:
             long = measure(launcher, command, env, ecs, proxy, args.long, 0)
             polling = measure(launcher, polling_command, env, ecs, proxy, args.long, 0)
             results.append(compare(name, short, long, polling))
+        startup = {name: median_wall(launcher, command, env) for name, command in [
+            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ("ecsbatch --version", ecsbatch_command() + ["--version"]),
+            ("ecsbatch --help", ecsbatch_command() + ["--help"]),
+        ] + ([("aws --version", ["aws", "--version"])] if baseline else [])}
     launcher.close()
 
     print(f"poll interval {args.poll}s; tasks running {args.short}s and {args.long}s; CPU per poll from a run "
@@ -137,10 +121,13 @@ def main() -> int:
         print(f"\nshell loop / ecsbatch: CPU per poll {theirs['cpu_per_poll_s'] / max(ours['cpu_per_poll_s'], 1e-6):.0f}x, "
               f"CPU per job {theirs['cpu_per_job_s'] / ours['cpu_per_job_s']:.1f}x, "
               f"peak RSS {theirs['peak_rss_mb'] / ours['peak_rss_mb']:.2f}x")
+    print("\nstart-up, median wall of 5: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in startup.items()))
+    for r in results:
+        print(f"{r['runner']}: launch latency (process start to RunTask) {r['launch_s']:.2f}s")
     print(f"ecsbatch detection {results[0]['detection_s']:.2f}s against a bound of {args.poll + 0.5:.1f}s; "
           f"RunTask per job: {results[0]['calls_per_job']['RunTask']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"runners": results, "startup": startup}, indent=2))
     return 0 if all(r["exit_codes_right"] for r in results) else 1
 
 

@@ -225,7 +225,8 @@ class LocalEcs:
             with sim.lock:
                 sim._record("DescribeTasks", self)
             wanted = self._get_param("tasks", [])
-            tasks = self.ecs_backend.describe_tasks(self._get_param("cluster", "default"), wanted)
+            with sim.lock:  # moto iterates the task table that a concurrent RunTask grows
+                tasks = self.ecs_backend.describe_tasks(self._get_param("cluster", "default"), wanted)
             found = {t.id for t in tasks}
             failures = [{"arn": w, "reason": "MISSING"} for w in wanted if w.rsplit("/", 1)[-1] not in found]
             return ActionResult({"tasks": tasks, "failures": failures})

@@ -98,9 +98,10 @@ class FaultProxy:
         with self.lock:
             return sum(1 for entry in self.log if entry["operation"] == operation)
 
-    def times(self, operation: str) -> List[float]:
+    def entries(self, operation: str) -> List[Dict[str, object]]:
+        """The requests for one operation, each with its monotonic time `at`."""
         with self.lock:
-            return [float(entry["at"]) for entry in self.log if entry["operation"] == operation]  # type: ignore[arg-type]
+            return [dict(entry) for entry in self.log if entry["operation"] == operation]
 
     def _take_fault(self, operation: str) -> Optional[Fault]:
         now = time.monotonic()
@@ -115,8 +116,14 @@ class FaultProxy:
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         operation = (handler.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
+        entry: Dict[str, object] = {"operation": operation, "at": time.monotonic()}
+        if operation == "RunTask":
+            try:
+                entry["startedBy"] = json.loads(body or b"{}").get("startedBy")
+            except ValueError:
+                pass
         with self.lock:
-            self.log.append({"operation": operation, "at": time.time()})
+            self.log.append(entry)
         fault = self._take_fault(operation)
         if self.upstream is None or (fault and fault.action == "drop"):
             self._hang_up(handler)

@@ -169,7 +169,8 @@ def test_parse_assignments(pairs, identifier, expected):
     assert ecsbatch.parse_assignments(pairs, "--var", identifier=identifier) == expected
 
 
-@pytest.mark.parametrize("pair, identifier", [("NOEQ", True), ("=v", False), ("1A=v", True), ("A-B=v", True)])
+@pytest.mark.parametrize("pair, identifier", [("NOEQ", True), ("=v", False), ("1A=v", True), ("A-B=v", True),
+                                              ("A\n=v", True)])
 def test_parse_assignments_rejects(pair, identifier):
     with pytest.raises(InputError):
         ecsbatch.parse_assignments((pair,), "--var", identifier=identifier)
@@ -270,6 +271,7 @@ def test_definition_matches_sees_a_removed_setting():
     ({"taskDefinition": "t", "count": 2}, ["count must be 1"]),
     ({"taskDefinition": "t", "clientToken": "x"}, ["remove clientToken"]),
     ({"taskDefinition": "t", "startedBy": "x" * 37}, ["startedBy"]),
+    ({"taskDefinition": "t", "startedBy": "nightly\n"}, ["startedBy"]),
     ({"taskDefinition": 5}, ["taskDefinition must be str, not int 5"]),
     ({"taskDefintion": "t"}, ["unknown key 'taskDefintion': did you mean 'taskDefinition'?",
                               "missing required key 'taskDefinition'"]),

@@ -114,3 +114,11 @@ def test_no_region_is_125_in_one_line(tmp_path, tripwire):
     result = run_cli(["run", "-f", str(run_file)], env)
     assert_one_line_error(result, 125, "no AWS region", "--region")
     assert tripwire.connections == 0
+
+
+def test_unknown_profile_is_125_in_one_line(tmp_path, tripwire):
+    run_file = tmp_path / "run-task.yaml"
+    run_file.write_text(GOOD)
+    result = run_cli(["run", "-f", str(run_file), "--profile", "no-such-profile"], offline_env(tripwire))
+    assert_one_line_error(result, 125, "no-such-profile", "could not be found")
+    assert tripwire.connections == 0

@@ -67,9 +67,9 @@ def test_json_says_whether_it_registered(job, project):
     assert first["revision"] == again["revision"] == 2 and first["family"] == job.family
 
 
-@pytest.mark.parametrize("tag", ["", "a b", "a:b", "a\nb", "-abc", ".abc", "x" * 129, "a/b", "tag$"],
-                         ids=["empty", "space", "colon", "newline", "leading-dash", "leading-dot", "129-chars",
-                              "slash", "dollar"])
+@pytest.mark.parametrize("tag", ["", "a b", "a:b", "a\nb", "abc1234\n", "-abc", ".abc", "x" * 129, "a/b", "tag$"],
+                         ids=["empty", "space", "colon", "newline", "trailing-newline", "leading-dash", "leading-dot",
+                              "129-chars", "slash", "dollar"])
 def test_bad_tags_exit_2_before_any_call(tmp_path, tripwire, tag):
     shutil.copy(REPO / "register-task.yaml", tmp_path / "register-task.yaml")
     result = run_cli(["register", "--tag", tag], offline_env(tripwire, **VARIABLES), cwd=tmp_path)

@@ -189,32 +189,28 @@ def test_second_signal_exits_at_once(job):
     assert job.only_task().desired_status == "STOPPED"  # the StopTask went out before
 
 
-def test_signal_during_launch_stops_the_task_it_launched(job, proxy):
+def signal_while_held(job, proxy, operation: str, signum: int, plan=None):
+    """Hold `operation` at the proxy for a few seconds and signal the runner while it waits."""
     from localecs.proxy import Fault
 
-    proxy.add(Fault("delay", "RunTask", times=1, seconds=2.0))
-    env = dict(job.env, AWS_ENDPOINT_URL=proxy.url)
-    running = job.start(plan=Plan(running=60), env=env)
+    proxy.add(Fault("delay", operation, times=1, seconds=3.0))
+    running = job.start(plan=plan, env=dict(job.env, AWS_ENDPOINT_URL=proxy.url))
     deadline = time.monotonic() + 20
-    while proxy.count("RunTask") == 0 and time.monotonic() < deadline:
+    while proxy.count(operation) == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    running.signal(signal.SIGTERM)
-    result = running.finish()
+    running.signal(signum)
+    return running.finish()
+
+
+def test_signal_during_launch_stops_the_task_it_launched(job, proxy):
+    result = signal_while_held(job, proxy, "RunTask", signal.SIGTERM, plan=Plan(running=60))
     assert result.code == 143, result
     task = job.only_task()
     assert task.last_status == "STOPPED" and "during launch" in task.stopped_reason
 
 
 def test_signal_before_launch_starts_nothing(job, proxy):
-    from localecs.proxy import Fault
-
-    proxy.add(Fault("delay", "DescribeTaskDefinition", times=1, seconds=3.0))
-    running = job.start(env=dict(job.env, AWS_ENDPOINT_URL=proxy.url))
-    deadline = time.monotonic() + 20
-    while proxy.count("DescribeTaskDefinition") == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    running.signal(signal.SIGINT)
-    result = running.finish()
+    result = signal_while_held(job, proxy, "DescribeTaskDefinition", signal.SIGINT)
     assert result.code == 130, result
     assert "nothing was started" in result.stderr
     assert job.tasks() == []
