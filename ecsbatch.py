@@ -904,6 +904,7 @@ class LogFollower:
         self.token: Optional[str] = None
         self.tail: "collections.deque[str]" = collections.deque(maxlen=LOG_TAIL_LINES)
         self.failing = False
+        self.output_closed = False
 
     def poll(self) -> int:
         """Read every page there is now. Returns how many lines were printed."""
@@ -923,7 +924,7 @@ class LogFollower:
             self.failing = False
             for event in events:
                 line = str(event.get("message", "")).rstrip("\n")
-                click.echo(line, err=self.to_stderr)
+                self._print(line)
                 self.tail.append(line)
             printed += len(events)
             # CloudWatch Logs hands back the token it was given at the end of the stream.
@@ -941,6 +942,19 @@ class LogFollower:
             elif time.monotonic() - quiet_since >= LOG_SETTLE_SECONDS:
                 return
             time.sleep(LOG_DRAIN_POLL)
+
+    def _print(self, line: str) -> None:
+        if self.output_closed:
+            return
+        stream = sys.stderr if self.to_stderr else sys.stdout
+        try:
+            click.echo(line, file=stream)
+        except BrokenPipeError:
+            # Whoever read the lines went away (`ecsbatch run | head`); the job itself goes on.
+            self.output_closed = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            if not self.to_stderr:
+                progress("stdout was closed; log lines are no longer printed, the wait goes on")
 
     def _report(self, exc: BaseException) -> None:
         if not self.failing:

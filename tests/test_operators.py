@@ -66,6 +66,22 @@ def test_logs_are_complete_across_the_stop_with_no_line_twice(job, logs):
     assert "last 10 log lines of app:" in result.stderr
 
 
+def test_a_closed_stdout_does_not_end_the_job(job, logs):
+    job.register([AWSLOGS_APP, SIDECAR])
+    running = job.start(plan=Plan(running=3.0, exit_code=4))
+    stream = f"batch/app/{launched_task_id(running)}"
+    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+    put_lines(logs, stream, [f"line {n}" for n in range(20000)])
+    assert running.process.stdout.readline() == "line 0\n"
+    running.process.stdout.close()  # as `ecsbatch run | head -1` does
+    code = running.process.wait(timeout=60)
+    running._reader.join(timeout=5)
+    stderr = "".join(running.lines)
+    assert code == 4, stderr
+    assert "stdout was closed" in stderr and "Traceback" not in stderr
+    assert job.only_task().stop_code == "EssentialContainerExited"  # it ran to its end, nobody stopped it
+
+
 def test_with_json_the_log_lines_go_to_stderr(job, logs):
     job.register([AWSLOGS_APP, SIDECAR])
     running = job.start("--json", plan=Plan(running=1.5, exit_code=0))
