@@ -1408,8 +1408,9 @@ def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str
         check_started_by(started_by)
     arns = [arn for desired in ("RUNNING", "STOPPED")
             for arn in list_task_arns(ecs, cluster, desired_status=desired, started_by=started_by)]
-    tasks = [t for t in describe_tasks(ecs, cluster, arns)
-             if (t.get("startedBy") == started_by if started_by else is_ecsbatch_task(t))]
+    tasks = describe_tasks(ecs, cluster, arns)
+    if started_by is None:  # ListTasks filtered on an exact key already; this keeps all of ecsbatch's
+        tasks = [t for t in tasks if is_ecsbatch_task(t)]
     if as_json:
         click.echo(json.dumps(tasks, default=str))
     elif tasks:
