@@ -664,7 +664,7 @@ def pin_task_definition(text: str, value: str, source: str) -> str:
     if not isinstance(root, yaml.MappingNode):
         raise InputError(f"{source}: cannot pin, the top level is not a mapping")
     rendered = json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
-    plain = value if re.match(r"^[A-Za-z0-9_][A-Za-z0-9_:/.-]*$", value) else rendered
+    plain = value if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_:/.-]*", value) else rendered
     for key_node, value_node in root.value:
         if key_node.value == "taskDefinition":
             if not isinstance(value_node, yaml.ScalarNode):
@@ -740,7 +740,7 @@ def aws_error_text(exc: BaseException) -> str:
         return ("no AWS credentials found: attach an instance role, or set AWS_PROFILE "
                 "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        return f"cannot reach ECS at {exc.kwargs.get('endpoint_url')}: check the network and AWS_ENDPOINT_URL"
+        return f"cannot reach AWS at {exc.kwargs.get('endpoint_url')}: check the network and AWS_ENDPOINT_URL"
     return one_line(exc) or type(exc).__name__
 
 
@@ -790,6 +790,16 @@ def describe_task(ecs: Any, cluster: Optional[str], task_arn: str) -> Tuple[Opti
             return task, None
     reasons = [f.get("reason") for f in answer.get("failures", []) if f.get("reason")]
     return None, ", ".join(reasons) or "MISSING"
+
+
+def find_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
+    """A task named on the command line, or a one-line error when ECS does not know it."""
+    with aws_errors_as():
+        found, missing_reason = describe_task(ecs, cluster, task)
+    if found is None:
+        raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}: "
+                       "check the id and --cluster; ECS forgets stopped tasks after about an hour")
+    return found
 
 
 def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> None:
@@ -977,13 +987,11 @@ class Watch:
         self.last_task: Optional[Dict[str, Any]] = None
         self.last_status: Optional[str] = None
         self.last_line_at = self.started
-        self.polls = 0
 
     def poll(self) -> Optional[Dict[str, Any]]:
         """One DescribeTasks call. Returns the task, or None when ECS did not answer this time."""
         import botocore.exceptions
 
-        self.polls += 1
         try:
             task, missing_reason = describe_task(self.ecs, self.cluster, self.task_arn)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -1323,11 +1331,7 @@ def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_te
     timeout = parse_duration(timeout_text) if timeout_text else None
     cluster = task_reference(task, cluster)
     ecs = make_client("ecs", region, profile)
-    with aws_errors_as():
-        found, missing_reason = describe_task(ecs, cluster, task)
-    if found is None:
-        raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}: "
-                       "check the id and --cluster; ECS forgets stopped tasks after about an hour")
+    found = find_task(ecs, cluster, task)
     definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
     counted = counted_container_names(definition, container)
     progress(f"attached to task {found['taskArn']} ({task_definition_label(definition)}, counting "
@@ -1395,17 +1399,13 @@ def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str
         ecsbatch status --cluster batch 0123456789abcdef0123456789abcdef --json
     """
     setup_debug(debug)
-    ecs = make_client("ecs", region, profile)
-    if task is not None:
-        cluster = task_reference(task, cluster)
-        with aws_errors_as():
-            found, missing_reason = describe_task(ecs, cluster, task)
-        if found is None:
-            raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}")
-        click.echo(json.dumps(found, default=str) if as_json else task_details(found))
-        return
     if started_by is not None:
         check_started_by(started_by)
+    ecs = make_client("ecs", region, profile)
+    if task is not None:
+        found = find_task(ecs, task_reference(task, cluster), task)
+        click.echo(json.dumps(found, default=str) if as_json else task_details(found))
+        return
     arns = [arn for desired in ("RUNNING", "STOPPED")
             for arn in list_task_arns(ecs, cluster, desired_status=desired, started_by=started_by)]
     tasks = describe_tasks(ecs, cluster, arns)
@@ -1498,10 +1498,7 @@ def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bo
     setup_debug(debug)
     cluster = task_reference(task, cluster)
     ecs = make_client("ecs", region, profile)
-    with aws_errors_as():
-        found, missing_reason = describe_task(ecs, cluster, task)
-    if found is None:
-        raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}")
+    found = find_task(ecs, cluster, task)
     definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
     name = counted_container_names(definition, container)[0]
     source, where = container_log_source(definition, name, found["taskArn"])

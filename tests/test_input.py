@@ -122,3 +122,9 @@ def test_unknown_profile_is_125_in_one_line(tmp_path, tripwire):
     result = run_cli(["run", "-f", str(run_file), "--profile", "no-such-profile"], offline_env(tripwire))
     assert_one_line_error(result, 125, "no-such-profile", "could not be found")
     assert tripwire.connections == 0
+
+
+def test_status_checks_its_key_before_any_aws_contact(tripwire):
+    result = run_cli(["status", "--started-by", "has spaces"], offline_env(tripwire))
+    assert_one_line_error(result, 2, "--started-by 'has spaces'")
+    assert tripwire.connections == 0
