@@ -16,6 +16,7 @@ By default a task's fate comes from the command override of its first container 
 from __future__ import annotations
 
 import collections
+import copy
 import datetime
 import logging
 import re
@@ -94,6 +95,13 @@ class TaskState:
         task.created_at = utcnow()
         task.last_status = "PROVISIONING"
         task.stop_code = None
+
+
+def snapshot(task: Any) -> Any:
+    """A copy of a task and its containers as they are now."""
+    clone = copy.copy(task)
+    clone.containers = [copy.copy(c) for c in task.containers]
+    return clone
 
 
 def utcnow() -> datetime.datetime:
@@ -225,8 +233,12 @@ class LocalEcs:
             with sim.lock:
                 sim._record("DescribeTasks", self)
             wanted = self._get_param("tasks", [])
-            with sim.lock:  # moto iterates the task table that a concurrent RunTask grows
-                tasks = self.ecs_backend.describe_tasks(self._get_param("cluster", "default"), wanted)
+            # Under the lock: moto iterates the task table that a concurrent RunTask grows, and
+            # moto serializes the answer after this returns, so it reads a snapshot, never a task
+            # that the lifecycle thread is halfway through stopping.
+            with sim.lock:
+                tasks = [snapshot(t) for t in self.ecs_backend.describe_tasks(
+                    self._get_param("cluster", "default"), wanted)]
             found = {t.id for t in tasks}
             failures = [{"arn": w, "reason": "MISSING"} for w in wanted if w.rsplit("/", 1)[-1] not in found]
             return ActionResult({"tasks": tasks, "failures": failures})
