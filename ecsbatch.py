@@ -36,12 +36,17 @@ __version__ = "0.1.0"
 # 1. The exit-code contract and constants
 # ---------------------------------------------------------------------------------------------
 # 0-255 is the exit code of the container that counts. Everything else is ecsbatch's own word:
+# Job authors keep their own failures in 1-99, so that no container code reads as one of these.
 EXIT_USAGE = 2  # bad usage or a bad input file; nothing was launched
-EXIT_TIMEOUT = 124  # --timeout expired; the task was stopped
+EXIT_ALREADY_RUNNING = 120  # --if-running fail: a task of this job (same key) is still live
+EXIT_TIMEOUT = 124  # --timeout expired and ecsbatch's StopTask ended the task
 EXIT_ECS_FAILURE = 125  # ECS could not launch or finish the container, or refused a call
+EXIT_SIGHUP = 129  # SIGHUP (a lost terminal or SSH session); the task was stopped first
 EXIT_SIGINT = 130  # interrupted by SIGINT; the task was stopped first
-EXIT_SIGTERM = 143  # interrupted by SIGTERM; the task was stopped first
-EXIT_FOR_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+EXIT_SIGQUIT = 131  # SIGQUIT; the task was stopped first
+EXIT_SIGTERM = 143  # SIGTERM, or `ecsbatch stop` by an operator; the task was stopped first
+EXIT_FOR_SIGNAL = {signal.SIGHUP: EXIT_SIGHUP, signal.SIGINT: EXIT_SIGINT, signal.SIGQUIT: EXIT_SIGQUIT,
+                   signal.SIGTERM: EXIT_SIGTERM}
 
 DEFAULT_RUN_FILE = "run-task.yaml"
 DEFAULT_REGISTER_FILE = "register-task.yaml"
@@ -63,6 +68,13 @@ AWS_CONNECT_TIMEOUT = 10
 AWS_READ_TIMEOUT = 30
 LAUNCH_RESENDS = 3  # after botocore's own retries, each with the same clientToken
 STOP_REASON_LIMIT = 255  # ECS's limit on StopTask's reason
+# `ecsbatch stop` puts this first in the reason it sends, whatever --reason says, so that the
+# runner waiting on the task can tell an operator's stop (143) from anyone else's (125).
+OPERATOR_STOP_MARKER = "ecsbatch stop:"
+# Tags that ecsbatch puts on every task it launches (ECS never shows a clientToken back).
+TAG_CLIENT_TOKEN = "ecsbatch:client-token"  # which launch made the task: adopt a lost answer
+TAG_REQUEST_HASH = "ecsbatch:request"  # what the task runs: a rerun attaches only to the same job
+TAG_DEADLINE = "ecsbatch:deadline"  # when --timeout ends it: `stop --expired` after a lost server
 # Matched with fullmatch: `$` would also accept a trailing newline.
 STARTED_BY_PATTERN = re.compile(r"[A-Za-z0-9_/-]{1,36}")
 DOCKER_TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -571,6 +583,16 @@ def stop_reason_text(why: str) -> str:
     return f"ecsbatch: {why}"[:STOP_REASON_LIMIT]
 
 
+def operator_stop_reason(reason: str) -> str:
+    """The reason `ecsbatch stop` sends: the marker first, so no --reason can hide it."""
+    return f"{OPERATOR_STOP_MARKER} {one_line(reason)}"[:STOP_REASON_LIMIT]
+
+
+def is_operator_stop(task: Mapping[str, Any]) -> bool:
+    return task.get("stopCode") == "UserInitiated" and \
+        str(task.get("stoppedReason") or "").startswith(OPERATOR_STOP_MARKER)
+
+
 def iso_time(value: Any) -> Optional[str]:
     return value.isoformat() if isinstance(value, datetime.datetime) else value
 
@@ -803,7 +825,8 @@ def find_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
 
 
 def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> None:
-    ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=stop_reason_text(reason))
+    """StopTask with `reason` sent as it is: see stop_reason_text and operator_stop_reason."""
+    ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=reason)
 
 
 def list_task_arns(ecs: Any, cluster: Optional[str], *, desired_status: str,
@@ -1040,7 +1063,7 @@ class Watch:
         tid = task_id(self.task_arn)
         progress(f"stopping task {tid}: {why}")
         try:
-            stop_task(self.ecs, self.cluster, self.task_arn, why)
+            stop_task(self.ecs, self.cluster, self.task_arn, stop_reason_text(why))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             progress(f"StopTask failed: {aws_error_text(exc)}; stop it with: "
                      f"aws ecs stop-task {cli_cluster_arg(self.cluster)}--task {self.task_arn}")
@@ -1460,7 +1483,7 @@ def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str],
             return
     for arn in arns:
         with aws_errors_as():
-            stop_task(ecs, cluster, arn, reason)
+            stop_task(ecs, cluster, arn, operator_stop_reason(reason))
         progress(f"StopTask sent for {task_id(arn)}")
     pending = set(arns)
     while True:

@@ -160,7 +160,7 @@ def test_stop_really_stops(job):
     result = run_cli(["stop", "--poll-interval", "0.1", "--reason", "bad input file", task["taskArn"]], job.env)
     assert result.code == 0, result
     stopped = job.ecs.task(task["taskArn"])
-    assert stopped.last_status == "STOPPED" and stopped.stopped_reason == "ecsbatch: bad input file"
+    assert stopped.last_status == "STOPPED" and stopped.stopped_reason == "ecsbatch stop: bad input file"
 
 
 def test_stop_by_job_key_after_the_runner_was_killed_outright(job):
