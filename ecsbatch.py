@@ -94,6 +94,15 @@ LOG_DRAIN_POLL = 0.5
 LOG_TAIL_LINES = 10  # shown again under the failure line
 DESCRIBE_TASKS_BATCH = 100  # DescribeTasks' limit per call
 DEFAULT_STOP_TIMEOUT = "2m"
+# Input limits. ECS forgets a stopped task after about an hour, so a poll interval must leave
+# several polls in that hour; a timeout longer than a year is a typo, not a bound.
+MIN_POLL_INTERVAL = 0.05
+MAX_POLL_INTERVAL = 600.0
+MAX_DURATION_SECONDS = 366 * 24 * 3600.0
+# A request file is small: ECS caps a task definition at 64 KiB and RunTask overrides at 8 KiB.
+YAML_MAX_DEPTH = 64  # nesting levels, counted after aliases are followed
+YAML_MAX_VALUES = 100_000  # scalars, lists and mappings, counted after aliases are expanded
+SHOWN_LIMIT = 120  # characters of a value echoed in a message
 
 # A task stopped by someone or something other than its own containers did not finish its
 # job, whatever exit codes its containers report after SIGTERM.
@@ -162,15 +171,32 @@ def format_path(path: Tuple[Any, ...]) -> str:
     return text
 
 
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """A value as a message echoes it: quoted as repr() does, so control characters, NUL and
+    undecodable bytes are escaped and a newline cannot split the line, and cut to `limit`."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def clipped(text: Any, limit: int = 4 * SHOWN_LIMIT) -> str:
+    """Free text from elsewhere (an AWS message, a process's stderr) on one line, cut to `limit`."""
+    flat = " ".join("".join(c if c.isprintable() or c.isspace() else repr(c)[1:-1] for c in str(text)).split())
+    return flat if len(flat) <= limit else f"{flat[:limit]}... ({len(flat)} characters)"
+
+
 def parse_duration(text: str) -> float:
     """'90', '90s', '15m', '2h', '1h30m' -> seconds."""
     compact = text.strip().lower()
     parts = DURATION_PATTERN.findall(compact)
     if not compact or "".join(n + u for n, u in parts) != compact or (len(parts) > 1 and not all(u for _, u in parts)):
-        raise InputError(f"bad duration {text!r}: use seconds or a unit, e.g. 90, 90s, 15m, 2h")
+        raise InputError(f"bad duration {shown(text)}: use seconds or a unit, e.g. 90, 90s, 15m, 2h")
     seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
     if seconds <= 0:
-        raise InputError(f"bad duration {text!r}: it must be more than zero")
+        raise InputError(f"bad duration {shown(text)}: it must be more than zero")
+    if not seconds <= MAX_DURATION_SECONDS:  # also catches inf, from a few hundred digits
+        raise InputError(f"bad duration {shown(text)}: at most {int(MAX_DURATION_SECONDS // 3600)}h (a year)")
     return seconds
 
 
@@ -191,9 +217,38 @@ def parse_assignments(pairs: Tuple[str, ...], option: str, *, identifier: bool) 
         valid = VARIABLE_NAME_PATTERN.fullmatch(name) if identifier else name
         if not sep or not valid:
             kind = "a letter or _ then letters, digits or _" if identifier else "a non-empty name"
-            raise InputError(f"{option} {pair!r}: expected NAME=VALUE with {kind}")
+            raise InputError(f"{option} {shown(pair)}: expected NAME=VALUE with {kind}")
+        check_utf8(pair, f"{option} {shown(name)}")
         result[name] = value
     return result
+
+
+def parse_variables_file(text: str, source: str) -> Dict[str, str]:
+    """NAME=VALUE lines, as docker's --env-file reads them: blank lines and # comments are
+    skipped, an `export ` in front is allowed, and the value is everything after the first `=`,
+    quotes included. Later lines win."""
+    result: Dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped[len("export "):].partition("=") if stripped.startswith("export ") \
+            else stripped.partition("=")
+        if not sep or not VARIABLE_NAME_PATTERN.fullmatch(name):
+            raise InputError(f"{source}:{number}: expected NAME=VALUE, not {shown(stripped)}")
+        result[name] = value
+    return result
+
+
+def check_utf8(text: str, what: str) -> str:
+    """Arguments arrive decoded with surrogateescape: bytes that are not UTF-8 become lone
+    surrogates, which no AWS request can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} holds bytes that are not UTF-8 text (at character {exc.start + 1}): "
+                         "pass it in UTF-8") from None
+    return text
 
 
 def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any:
@@ -234,7 +289,7 @@ def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any
     problems = []
     if unresolved:
         names = ", ".join(f"${{{name}}} (at {', '.join(paths)})" for name, paths in unresolved.items())
-        problems.append(f"unresolved {names}: pass --var NAME=VALUE or set NAME in the environment")
+        problems.append(f"unresolved {names}: pass --var NAME=VALUE or --var-file FILE, or set NAME in the environment")
     if malformed:
         problems.append(f"malformed placeholder at {', '.join(malformed)}: write ${{NAME}}, or $${{ for a literal ${{")
     if problems:
@@ -242,19 +297,127 @@ def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any
     return rendered
 
 
-def parse_yaml_mapping(text: str, source: str) -> Dict[str, Any]:
-    """Parse a request file with yaml.safe_load; syntax errors name the line and column."""
+_request_loader: Any = None
+
+
+def request_loader() -> Any:
+    """yaml.SafeLoader, made careful: every YAML file ecsbatch reads goes through it.
+
+    It refuses duplicate keys (SafeLoader keeps the last silently), nesting deeper than
+    YAML_MAX_DEPTH (SafeLoader recurses and dies of RecursionError) and aliases that refer to
+    themselves or expand past YAML_MAX_VALUES (a few hundred bytes of nested aliases would
+    otherwise expand into gigabytes once the values are copied). Sizes are counted on the node
+    graph with each alias counted once per use, in time linear in the file.
+    """
+    global _request_loader
+    if _request_loader is not None:
+        return _request_loader
+    import yaml
+
+    class RequestYamlError(yaml.MarkedYAMLError):
+        """Well-formed YAML that ecsbatch refuses; problem and problem_mark say why and where."""
+
+    class RequestLoader(yaml.SafeLoader):
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self.depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            try:
+                if self.depth > YAML_MAX_DEPTH:
+                    raise RequestYamlError(problem=f"nested deeper than {YAML_MAX_DEPTH} levels",
+                                           problem_mark=self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None:
+                measure_expanded(node, 1, {}, set())
+            return node
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: Dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    first = seen.setdefault(key, key_node)
+                    if first is not key_node:
+                        raise RequestYamlError(
+                            problem=f"duplicate key {shown(key)}: first at line {first.start_mark.line + 1}, "
+                                    f"again at line {key_node.start_mark.line + 1}; keep one of them",
+                            problem_mark=key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    def measure_expanded(node: Any, depth: int, memo: Dict[int, Tuple[int, int]], active: set) -> Tuple[int, int]:
+        """(values, height) of a node with its aliases expanded; raises when past the limits."""
+        known = memo.get(id(node))
+        if known is None:
+            if id(node) in active:
+                raise RequestYamlError(problem="an alias refers to a node that contains it",
+                                       problem_mark=node.start_mark)
+            if depth > YAML_MAX_DEPTH:
+                raise RequestYamlError(problem=f"nested deeper than {YAML_MAX_DEPTH} levels once aliases "
+                                               "are followed", problem_mark=node.start_mark)
+            active.add(id(node))
+            values, height = 1, 1
+            children = node.value if isinstance(node.value, list) else []
+            for child in (c for item in children for c in (item if isinstance(item, tuple) else (item,))):
+                child_values, child_height = measure_expanded(child, depth + 1, memo, active)
+                values, height = values + child_values, max(height, child_height + 1)
+            active.discard(id(node))
+            known = memo[id(node)] = (values, height)
+        if depth + known[1] - 1 > YAML_MAX_DEPTH:
+            raise RequestYamlError(problem=f"nested deeper than {YAML_MAX_DEPTH} levels once aliases are followed",
+                                   problem_mark=node.start_mark)
+        if known[0] > YAML_MAX_VALUES:
+            raise RequestYamlError(problem=f"more than {YAML_MAX_VALUES} values once aliases are expanded; "
+                                           "a request file needs far fewer", problem_mark=node.start_mark)
+        return known
+
+    RequestLoader.RequestYamlError = RequestYamlError
+    _request_loader = RequestLoader
+    return RequestLoader
+
+
+def yaml_error_text(exc: Exception, text: str, source: str) -> str:
+    """One line for any of PyYAML's errors, naming the line and column."""
+    import yaml
+
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f"{source}:{line}:{column}: YAML does not allow the character {shown(character)}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        if isinstance(exc, request_loader().RequestYamlError):
+            return f"{where}: {exc.problem}"
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        return f"{where}: YAML syntax error: {clipped(what)}"
+    return f"{source}: YAML error: {clipped(exc)}"
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document with request_loader(); any problem is an InputError."""
     import yaml
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        what = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise InputError(f"{where}: YAML syntax error: {what}") from exc
+        return yaml.load(text, Loader=request_loader())
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: YAML error: {exc}") from exc
+        raise InputError(yaml_error_text(exc, text, source)) from exc
+    except RecursionError as exc:  # a last guard: the depth limit should come first
+        raise InputError(f"{source}: nested too deeply") from exc
+
+
+def parse_yaml_mapping(text: str, source: str) -> Dict[str, Any]:
+    """Parse a request file with request_loader(); errors name the line and column."""
+    data = load_yaml(text, source)
     if data is None:
         raise InputError(f"{source} is empty: it must hold a mapping of request parameters")
     if not isinstance(data, dict):
@@ -290,27 +453,55 @@ def describe_validation_error(error_type: str, name: str, details: Mapping[str, 
         unknown, valid = details["unknown_param"], details["valid_names"]
         close = difflib.get_close_matches(str(unknown), valid, n=1)
         hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
-        return f"unknown key {unknown!r}{' in ' + where if where else ''}: {hint}"
+        return f"unknown key {shown(unknown)}{' in ' + where if where else ''}: {hint}"
     if error_type == "missing required field":
         return f"missing required key {details['required_name']!r}{' in ' + where if where else ''}"
     if error_type == "invalid type":
         wanted = ", ".join(t.replace("<class '", "").replace("'>", "") for t in details["valid_types"])
         got = details["param"]
         hint = " (quote it in YAML)" if "str" in wanted and isinstance(got, (int, float, bool)) else ""
-        return f"{where} must be {wanted}, not {type(got).__name__} {got!r}{hint}"
+        return f"{where} must be {wanted}, not {type(got).__name__} {shown(got)}{hint}"
     if error_type == "invalid range":
-        return f"{where} is {details['param']!r}, below the minimum {details['min_allowed']}"
+        return f"{where} is {shown(details['param'])}, below the minimum {details['min_allowed']}"
     if error_type == "invalid length":
         return f"{where} is too short: at least {details['min_allowed']} needed"
-    return f"{where or 'request'}: {error_type} ({', '.join(f'{k}={v!r}' for k, v in details.items())})"
+    return f"{where or 'request'}: {error_type} ({', '.join(f'{k}={shown(v)}' for k, v in details.items())})"
 
 
 def shape_problems(operation: str, params: Mapping[str, Any]) -> List[str]:
     """Every way `params` breaks botocore's model of the ECS operation, as sentences."""
     from botocore.validate import ParamValidator
 
-    report = ParamValidator().validate(params, ecs_service_model().operation_model(operation).input_shape)
-    return [describe_validation_error(kind, name, details) for kind, name, details in report._errors]
+    shape = ecs_service_model().operation_model(operation).input_shape
+    report = ParamValidator().validate(params, shape)
+    return [describe_validation_error(kind, name, details) for kind, name, details in report._errors] + \
+        bool_number_problems(shape, params, ())
+
+
+NUMBER_SHAPES = frozenset({"integer", "long", "float", "double"})
+
+
+def bool_number_problems(shape: Any, value: Any, path: Tuple[Any, ...]) -> List[str]:
+    """true/false where the model wants a number: YAML's `count: true`. Python's bool is an int,
+    so botocore's validator lets it through; walk the shape and refuse it here."""
+    kind = shape.type_name
+    if kind in NUMBER_SHAPES:
+        if isinstance(value, bool):
+            return [f"{format_path(path)} must be a number, not bool {value!r} "
+                    "(YAML reads true/false/yes/no/on/off as booleans)"]
+        return []
+    problems: List[str] = []
+    if kind == "structure" and isinstance(value, dict):
+        for name, member in shape.members.items():
+            if name in value:
+                problems += bool_number_problems(member, value[name], path + (name,))
+    elif kind == "list" and isinstance(value, list):
+        for index, item in enumerate(value):
+            problems += bool_number_problems(shape.member, item, path + (index,))
+    elif kind == "map" and isinstance(value, dict):
+        for key, item in value.items():
+            problems += bool_number_problems(shape.value, item, path + (key,))
+    return problems
 
 
 def run_request_problems(request: Mapping[str, Any]) -> List[str]:
@@ -318,12 +509,14 @@ def run_request_problems(request: Mapping[str, Any]) -> List[str]:
     problems = shape_problems("RunTask", request)
     if request.get("count", 1) != 1:
         problems.append("count must be 1 (or left out): ecsbatch runs and judges one task per job")
+    if isinstance(request.get("cluster"), str) and not request["cluster"].strip():
+        problems.append("cluster is empty: name the cluster, or leave the key out for ECS's default cluster")
     if "clientToken" in request:
         problems.append("remove clientToken: ecsbatch makes a fresh one for every run, "
                         "and a fixed one would make every later run return the first task")
     started_by = request.get("startedBy")
     if isinstance(started_by, str) and not STARTED_BY_PATTERN.fullmatch(started_by):
-        problems.append(f"startedBy {started_by!r} must be 1-36 letters, digits, _, - or /")
+        problems.append(f"startedBy {shown(started_by)} must be 1-36 letters, digits, _, - or /")
     return problems
 
 
@@ -338,14 +531,14 @@ def request_kind(request: Mapping[str, Any]) -> str:
 
 def check_docker_tag(tag: str) -> str:
     if not DOCKER_TAG_PATTERN.fullmatch(tag):
-        raise InputError(f"--tag {tag!r} is not a valid image tag: use 1-128 characters from "
+        raise InputError(f"--tag {shown(tag)} is not a valid image tag: use 1-128 characters from "
                          "A-Z a-z 0-9 _ . -, not starting with . or -")
     return tag
 
 
 def check_started_by(value: str) -> str:
     if not STARTED_BY_PATTERN.fullmatch(value):
-        raise InputError(f"--started-by {value!r}: ECS allows 1-36 letters, digits, _, - or /")
+        raise InputError(f"--started-by {shown(value)}: ECS allows 1-36 letters, digits, _, - or /")
     return value
 
 
@@ -359,7 +552,7 @@ def counted_container_names(task_definition: Mapping[str, Any], container: Optio
     names = [c["name"] for c in task_definition.get("containerDefinitions", [])]
     if container is not None:
         if container not in names:
-            raise InputError(f"--container {container!r} is not in task definition "
+            raise InputError(f"--container {shown(container)} is not in task definition "
                              f"{task_definition_label(task_definition)} (it has {', '.join(names)})")
         return [container]
     return essential_container_names(task_definition) or names
@@ -376,6 +569,7 @@ def job_key_started_by(job_key: str) -> str:
 
     if not job_key:
         raise InputError("--job-key must not be empty")
+    check_utf8(job_key, "--job-key")
     digest = hashlib.sha256(job_key.encode("utf-8")).hexdigest()
     return JOB_KEY_PREFIX + digest[: 36 - len(JOB_KEY_PREFIX)]
 
@@ -680,9 +874,9 @@ def pin_task_definition(text: str, value: str, source: str) -> str:
     import yaml
 
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=request_loader())
     except yaml.YAMLError as exc:
-        raise InputError(f"{source}: cannot pin, YAML error: {one_line(exc)}") from exc
+        raise InputError(f"cannot pin, {yaml_error_text(exc, text, source)}") from exc
     if not isinstance(root, yaml.MappingNode):
         raise InputError(f"{source}: cannot pin, the top level is not a mapping")
     rendered = json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
@@ -696,11 +890,59 @@ def pin_task_definition(text: str, value: str, source: str) -> str:
             break
     else:
         new_text = text + ("" if text.endswith("\n") or not text else "\n") + f"taskDefinition: {plain}\n"
-    original, pinned = yaml.safe_load(text), yaml.safe_load(new_text)
+    original, pinned = load_yaml(text, source), load_yaml(new_text, source)
     original["taskDefinition"] = value
     if pinned != original:
         raise InputError(f"{source}: cannot pin taskDefinition safely; set it to {value} by hand")
     return new_text
+
+
+REDACTED = "<redacted>"
+# What --debug must never print: the session token, the access key id, signatures (and so the
+# Authorization header), in every shape botocore's and urllib3's debug lines give them.
+SECRET_TEXT_PATTERNS = [
+    (re.compile(r"""(?i)(['"](?:authorization|x-amz-security-token)['"]\s*:\s*b?)(['"]).*?\2"""),
+     r"\1\2" + REDACTED + r"\2"),
+    (re.compile(r"(?im)^(x-amz-security-token\s*:).*$"), r"\1" + REDACTED),
+    (re.compile(r"(?i)((?:x-amz-security-token|x-amz-signature|x-amz-credential)=)[^&\s'\"]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)(credential=)[^/,&<\s'\"]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)(signature\s*[=:]\s*)[0-9a-f]{64}"), r"\1" + REDACTED),
+    (re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}\b"), REDACTED),
+]
+
+
+def redact_environment(value: Any) -> Any:
+    """A request or an answer with the `value` of every `environment` entry hidden: -e values,
+    the task definition's and the overrides'. Names, secrets' valueFrom ARNs and all else stay."""
+    if isinstance(value, dict):
+        return {key: ([dict(entry, value=REDACTED) if isinstance(entry, dict) and "value" in entry else entry
+                       for entry in item] if key == "environment" and isinstance(item, list)
+                      else redact_environment(item))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_environment(item) for item in value]
+    return value
+
+
+def redact_body(body: Any) -> Any:
+    """A JSON request or answer body (bytes or str) with its environment values hidden."""
+    if not isinstance(body, (bytes, str)) or not body.lstrip()[:1] in (b"{", "{"):
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    text = json.dumps(redact_environment(data))
+    return text.encode("utf-8") if isinstance(body, bytes) else text
+
+
+def redact_debug_text(text: str, secrets: Any = ()) -> str:
+    """One debug line without credentials: known secret values first, then the patterns."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 8), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    for pattern, replacement in SECRET_TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,8 +959,11 @@ def progress(message: str) -> None:
 def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
     """One client per service and process, from the botocore session that validation already
     loaded (boto3.client() returns the same botocore client, at the cost of importing boto3).
-    The standard credential chain and AWS_ENDPOINT_URL apply, and so do AWS_RETRY_MODE and
-    AWS_MAX_ATTEMPTS; unset, they default to standard mode, generously."""
+
+    The region is --region, else AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region:
+    the AWS CLI v2's order. The standard credential chain and AWS_ENDPOINT_URL apply.
+    AWS_RETRY_MODE and AWS_MAX_ATTEMPTS (or the profile's retry_mode and max_attempts) mean
+    what they mean to the AWS CLI; unset, standard mode with AWS_RETRY_ATTEMPTS attempts."""
     import botocore.config
     import botocore.exceptions
 
@@ -726,25 +971,82 @@ def make_client(service: str, region: Optional[str], profile: Optional[str]) -> 
         core = botocore_session()
         if profile:
             core.set_config_variable("profile", profile)
-        # botocore reads AWS_DEFAULT_REGION and the profile; CodeBuild and aws CLI v2 users set AWS_REGION.
-        region = region or core.get_config_variable("region") or os.environ.get("AWS_REGION")
+        # botocore's own "region" reads AWS_DEFAULT_REGION, then the profile; it never reads AWS_REGION.
+        region = region or os.environ.get("AWS_REGION") or core.get_config_variable("region")
         if not region:
             raise botocore.exceptions.NoRegionError()
         profile_config = core.get_scoped_config()
+        attempts_text = os.environ.get("AWS_MAX_ATTEMPTS") or profile_config.get("max_attempts")
+        attempts = int(attempts_text) if attempts_text else AWS_RETRY_ATTEMPTS
+        if attempts < 1:
+            raise ValueError(f"{attempts} is less than 1")
         retries = {
             "mode": os.environ.get("AWS_RETRY_MODE") or profile_config.get("retry_mode") or "standard",
-            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or profile_config.get("max_attempts")
-                                or AWS_RETRY_ATTEMPTS),
+            # The AWS CLI's max_attempts counts every attempt; botocore's `max_attempts` counts only
+            # the retries, so it would make one call more. `total_max_attempts` is the CLI's meaning.
+            "total_max_attempts": attempts,
         }
-        return core.create_client(service, region_name=region, config=botocore.config.Config(
+        client = core.create_client(service, region_name=region, config=botocore.config.Config(
             retries=retries, connect_timeout=AWS_CONNECT_TIMEOUT, read_timeout=AWS_READ_TIMEOUT,
             user_agent_extra=f"ecsbatch/{__version__}"))
+        if _debug_redactor is not None:
+            _debug_redactor.learn(core.get_credentials())
+        return client
     except botocore.exceptions.NoRegionError as exc:
-        raise AwsError("no AWS region: pass --region, set AWS_REGION, or set region in the AWS profile") from exc
+        raise AwsError(NO_REGION_TEXT) from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise AwsError(aws_error_text(exc)) from exc
     except ValueError as exc:
-        raise InputError(f"AWS_MAX_ATTEMPTS or max_attempts is not a whole number: {exc}") from exc
+        raise InputError(f"AWS_MAX_ATTEMPTS or the profile's max_attempts must be a whole number of "
+                         f"attempts, 1 or more: {clipped(exc)}") from exc
+
+
+NO_REGION_TEXT = ("no AWS region: pass --region, or set AWS_REGION (or AWS_DEFAULT_REGION), "
+                  "or set region in the AWS profile")
+
+
+class DebugRedactor:
+    """A logging filter for --debug's handler: every record, botocore's and urllib3's included,
+    loses its credentials and environment values before it is written.
+
+    It sits on the handler, not on the "botocore" logger: a logger's filter never sees the
+    records of its children (botocore.endpoint, botocore.auth, botocore.parsers)."""
+
+    def __init__(self) -> None:
+        self.secrets: set = set()
+
+    def learn(self, credentials: Any) -> None:
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            self.secrets.update(v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v)
+
+    def filter(self, record: Any) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(dict(a, body=redact_body(a["body"])) if isinstance(a, dict) and "body" in a
+                                else redact_body(a) for a in record.args)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's to report, as it would be anyway
+            return True
+        record.msg, record.args = redact_debug_text(message, self.secrets), None
+        return True
+
+
+_debug_redactor: Optional[DebugRedactor] = None
+
+
+def install_debug_log() -> None:
+    """--debug: botocore's wire log and our own debug lines on stderr, without secrets."""
+    global _debug_redactor
+    import logging
+
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _debug_redactor = DebugRedactor()
+    _debug_redactor.secrets.update(v for v in (os.environ.get(name) for name in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")) if v)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_debug_redactor)
 
 
 def aws_error_text(exc: BaseException) -> str:
@@ -753,7 +1055,7 @@ def aws_error_text(exc: BaseException) -> str:
 
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
-        code, message = error.get("Code", "Error"), one_line(error.get("Message", ""))
+        code, message = error.get("Code", "Error"), clipped(error.get("Message", ""))
         text = f"{exc.operation_name}: {code}: {message}"
         if code in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
             text += " (grant this action to the instance role or profile in use)"
@@ -763,7 +1065,15 @@ def aws_error_text(exc: BaseException) -> str:
                 "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot reach AWS at {exc.kwargs.get('endpoint_url')}: check the network and AWS_ENDPOINT_URL"
-    return one_line(exc) or type(exc).__name__
+    if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
+        provider = exc.kwargs.get("provider")
+        source = "the profile's credential_process" if provider == "custom-process" else f"{provider}"
+        said = clipped(exc.kwargs.get("error_msg") or "").rstrip(" :")
+        return (f"cannot get AWS credentials from {source}: "
+                f"{said if said else 'it failed without saying why'}; run it by hand to see why, "
+                "or fix the profile")
+    text = clipped(exc) or type(exc).__name__
+    return f"{text.rstrip(' :')} (no further detail)" if text.endswith(":") else text
 
 
 @contextlib.contextmanager
@@ -1133,10 +1443,51 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class PollInterval(click.FloatRange):
+    """Seconds between two polls: a finite number from MIN_POLL_INTERVAL to MAX_POLL_INTERVAL."""
+
+    def __init__(self) -> None:
+        super().__init__(min=MIN_POLL_INTERVAL, max=MAX_POLL_INTERVAL)
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:  # nan passes every comparison that FloatRange makes
+            self.fail(f"{shown(value)} is not a number of seconds", param, ctx)
+        return number
+
+
+def checked_duration(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
+    """--timeout: checked before anything else happens; an empty one is not 'no timeout'."""
+    if value is not None:
+        try:
+            parse_duration(value)
+        except InputError as exc:
+            raise click.BadParameter(exc.format_message(), ctx, param) from None
+    return value
+
+
+def checked_cluster(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty: leave --cluster out for ECS's default cluster", ctx, param)
+    return value
+
+
+def checked_job_key(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        if not value:
+            raise click.BadParameter("must not be empty", ctx, param)
+        try:
+            check_utf8(value, "it")
+        except InputError as exc:
+            raise click.BadParameter(exc.format_message(), ctx, param) from None
+    return value
+
+
 def aws_options(command: Callable) -> Callable:
     """--region, --profile and --debug, shared by every command that talks to AWS."""
     for decorator in reversed([
-        click.option("--region", metavar="REGION", help="AWS region; default: the standard chain (AWS_REGION, profile)."),
+        click.option("--region", metavar="REGION",
+                     help="AWS region; default: AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region."),
         click.option("--profile", metavar="NAME", help="AWS profile; default: the standard credential chain."),
         click.option("--debug", is_flag=True, help="Show tracebacks and botocore's wire log on stderr."),
     ]):
@@ -1145,12 +1496,22 @@ def aws_options(command: Callable) -> Callable:
 
 
 def template_options(command: Callable) -> Callable:
-    return click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
-                        help="Fill ${NAME} in the YAML file (repeatable). Unset names come from the environment.")(command)
+    """--var and --var-file: where ${NAME} placeholders get their values."""
+    for decorator in reversed([
+        click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+                     help="Fill ${NAME} in the YAML file (repeatable). Unset names come from --var-file, "
+                          "then the environment."),
+        click.option("--var-file", multiple=True, metavar="FILE", expose_value=False, callback=read_var_files,
+                     help="Read NAME=VALUE lines (# comments) for ${NAME}; --var wins over it, it wins over "
+                          "the environment. E.g. examples/variables.env."),
+    ]):
+        command = decorator(command)
+    return command
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout on exit.")
-cluster_option = click.option("--cluster", metavar="NAME", help="The cluster; default: the one a task ARN names, else ECS's default.")
+cluster_option = click.option("--cluster", metavar="NAME", callback=checked_cluster,
+                              help="The cluster; default: the one a task ARN names, else ECS's default.")
 
 
 def wait_options(command: Callable) -> Callable:
@@ -1158,9 +1519,9 @@ def wait_options(command: Callable) -> Callable:
     for decorator in reversed([
         click.option("--container", metavar="NAME",
                      help="The container whose exit code counts. Default: the task definition's essential containers."),
-        click.option("--timeout", "timeout_text", metavar="DURATION",
+        click.option("--timeout", "timeout_text", metavar="DURATION", callback=checked_duration,
                      help="Stop the task and exit 124 after this long: 90, 90s, 15m, 2h."),
-        click.option("--poll-interval", type=click.FloatRange(min=0.05), default=DEFAULT_POLL_INTERVAL,
+        click.option("--poll-interval", type=PollInterval(), default=DEFAULT_POLL_INTERVAL,
                      show_default=True, metavar="SECONDS", help="Longest gap between two DescribeTasks calls."),
         click.option("--no-logs", is_flag=True, help="Do not stream the container's CloudWatch Logs."),
     ]):
@@ -1172,16 +1533,27 @@ def key_options(command: Callable) -> Callable:
     """--started-by and --job-key: the key that finds a job's tasks without local state."""
     for decorator in reversed([
         click.option("--started-by", metavar="KEY", help="startedBy: 1-36 letters, digits, _, - or /."),
-        click.option("--job-key", metavar="TEXT", help="Derive startedBy from any text, e.g. Hinemos job variables; "
+        click.option("--job-key", metavar="TEXT", callback=checked_job_key,
+                     help="Derive startedBy from any text, e.g. Hinemos job variables; "
                      "run and stop derive the same key."),
     ]):
         command = decorator(command)
     return command
 
 
+def read_var_files(ctx: Any, param: Any, paths: Tuple[str, ...]) -> None:
+    """--var-file: parsed as the option is read, kept for template_variables()."""
+    values: Dict[str, str] = {}
+    for path in paths:
+        values.update(parse_variables_file(read_text(path, "--var-file"), path))
+    ctx.meta["ecsbatch.var_file"] = values
+
+
 def template_variables(variables: Tuple[str, ...], extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """--var first, then the environment."""
+    """--var first, then --var-file, then the environment."""
     merged = dict(os.environ)
+    context = click.get_current_context(silent=True)
+    merged.update(context.meta.get("ecsbatch.var_file", {}) if context is not None else {})
     merged.update(parse_assignments(variables, "--var", identifier=True))
     merged.update(extra or {})
     return merged
@@ -1215,15 +1587,13 @@ def dump_yaml(data: Any) -> str:
 
 def setup_debug(debug: bool) -> None:
     if debug:
-        import logging
-
-        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        install_debug_log()
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+@click.group(context_settings=CONTEXT_SETTINGS, invoke_without_command=True, no_args_is_help=False)
 @click.version_option(__version__, "--version", message="ecsbatch %(version)s")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Run Amazon ECS tasks as batch jobs that a scheduler can judge by exit code.
 
     \b
@@ -1231,13 +1601,18 @@ def cli() -> None:
     124 --timeout expired (task stopped); 125 ECS could not launch or finish the task;
     130/143 SIGINT/SIGTERM (task stopped first).
     """
+    if ctx.invoked_subcommand is None:
+        # Bare `ecsbatch` did nothing, so it must not look like success to a scheduler: the help
+        # goes to stderr and the exit is 2, the same under every click version.
+        click.echo(ctx.get_help(), err=True)
+        ctx.exit(EXIT_USAGE)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("-f", "--file", "path", default=DEFAULT_RUN_FILE, show_default=True, metavar="PATH",
               help="RunTask request, as `aws ecs run-task --cli-input-yaml` takes it.")
 @template_options
-@click.option("--cluster", metavar="NAME", help="Override the file's cluster.")
+@click.option("--cluster", metavar="NAME", callback=checked_cluster, help="Override the file's cluster.")
 @click.option("--task-definition", metavar="FAMILY[:REV]|ARN", help="Override the file's taskDefinition.")
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="Set an environment variable in the target container (repeatable).")
@@ -1449,8 +1824,9 @@ def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str
 @click.option("--reason", default="stopped by an operator with ecsbatch stop", show_default=True,
               help="Why; shown as the task's stoppedReason.")
 @click.option("--timeout", "timeout_text", default=DEFAULT_STOP_TIMEOUT, show_default=True, metavar="DURATION",
+              callback=checked_duration,
               help="Exit 124 if the tasks are not STOPPED by then.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=STOP_CONFIRM_POLL, show_default=True,
+@click.option("--poll-interval", type=PollInterval(), default=STOP_CONFIRM_POLL, show_default=True,
               metavar="SECONDS", help="Gap between two DescribeTasks calls.")
 @aws_options
 def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str], job_key: Optional[str],
@@ -1503,8 +1879,8 @@ def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str],
 @click.argument("task")
 @cluster_option
 @click.option("--container", metavar="NAME", help="Whose log. Default: the first essential container.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the task stops.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=DEFAULT_POLL_INTERVAL, show_default=True,
+@click.option("--follow", is_flag=True, help="Keep printing new lines until the task stops (no -f: that is --file).")
+@click.option("--poll-interval", type=PollInterval(), default=DEFAULT_POLL_INTERVAL, show_default=True,
               metavar="SECONDS", help="With --follow, the gap between two reads.")
 @aws_options
 def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bool, poll_interval: float,
@@ -1588,21 +1964,62 @@ def register(path: str, tag: str, variables: Tuple[str, ...], pin_path: Optional
 
 
 def read_pin_target(path: str) -> str:
+    """Read the --pin file and prove, before anything is registered, that it can be rewritten:
+    a pin that fails after RegisterTaskDefinition leaves a revision that nothing runs."""
     text = read_text(path, "--pin file")
     pin_task_definition(text, "check:1", path)  # fail before registering, not after
+    target = os.path.realpath(path)
+    if not os.access(target, os.W_OK):
+        raise InputError(f"--pin file {path} is read-only: make it writable, or pin another file")
+    try:
+        fd, temporary = create_beside(target, 0o600)
+        os.close(fd)
+        os.unlink(temporary)
+    except OSError as exc:
+        raise InputError(f"--pin file {path}: cannot write in its directory {os.path.dirname(target)}: "
+                         f"{clipped(exc.strerror or exc)}") from exc
     return text
 
 
+def create_beside(target: str, mode: int) -> Tuple[int, str]:
+    """A new file next to `target` with an unguessable name, created exclusively (never through a
+    symlink or over another file), with `mode` from the first byte on."""
+    import secrets
+
+    directory, name = os.path.split(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temporary = os.path.join(directory, f".{name}.ecsbatch-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(temporary, flags, mode)
+        except FileExistsError:
+            continue
+        os.fchmod(fd, mode)  # os.open's mode passes through the umask; the final mode is exact
+        return fd, temporary
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
 def write_atomically(path: str, text: str) -> None:
-    temporary = f"{path}.ecsbatch-{os.getpid()}.tmp"
+    """Replace the file at `path`, or the file a symlink at `path` points to, in one rename.
+
+    A symlink is followed, as the editors do: the link stays and its target is pinned, which
+    is the file the jobs read (e.g. current/run-task.yaml -> releases/…/run-task.yaml)."""
+    target = os.path.realpath(path)
     try:
-        mode = os.stat(path).st_mode & 0o7777
+        mode = os.stat(target).st_mode & 0o7777
     except OSError:
         mode = 0o644
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
+    fd, temporary = create_beside(target, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
