@@ -6,7 +6,9 @@ moto's server on loopback, plus the parts of ECS that moto leaves out:
 - RunTask made idempotent on clientToken, as ECS is;
 - DescribeTasks naming unknown tasks as MISSING failures, as ECS does;
 - StopTask going through DEACTIVATING, the containers exiting as on SIGTERM;
-- a log of every ECS request, for tests that count calls.
+- a log of every ECS request, for tests that count calls;
+- with `container_logs=True` (the demo), log lines in CloudWatch Logs for every container whose
+  definition uses the awslogs driver: a line every LOG_LINE_SECONDS while it runs, then its exit.
 
 By default a task's fate comes from the command override of its first container override:
 `exit N` exits N, `sleep S` runs S seconds, `fail-to-start` fails to pull its image and
@@ -28,6 +30,7 @@ from typing import Any, Deque, Dict, List, Optional
 ACCOUNT_ID = "123456789012"
 REGION = "ap-northeast-1"
 TICK_SECONDS = 0.02
+LOG_LINE_SECONDS = 0.5  # with container_logs, an awslogs container writes a line this often
 
 
 @dataclass
@@ -111,8 +114,11 @@ def utcnow() -> datetime.datetime:
 class LocalEcs:
     """moto's server on 127.0.0.1 with the lifecycle above. Use as a context manager."""
 
-    def __init__(self, port: int = 0, default_plan: Optional[Plan] = None) -> None:
+    def __init__(self, port: int = 0, default_plan: Optional[Plan] = None, container_logs: bool = False) -> None:
         self.port = port
+        self.container_logs = container_logs
+        self._log_writers: Dict[str, "AwslogsWriter"] = {}
+        self._log_lines: List[Any] = []
         self.default_plan = default_plan or Plan()
         self.plans: Deque[Plan] = collections.deque()
         self.requests: List[Dict[str, Any]] = []
@@ -291,6 +297,8 @@ class LocalEcs:
                 for state in list(self.states.values()):
                     if not state.done:
                         self._advance(state, time.monotonic())
+                        self._collect_log_lines(state)
+            self._flush_log_lines()
 
     @staticmethod
     def _advance(state: TaskState, now: float) -> None:
@@ -340,3 +348,73 @@ class LocalEcs:
         state.task.stopped_at = utcnow()
         state.stopped_monotonic = time.monotonic()
         state.done = True
+
+    # -- container log lines (the demo) ----------------------------------------------------
+    def _collect_log_lines(self, state: TaskState) -> None:
+        """Under the lock: the lines this task's awslogs containers have written since last time."""
+        if not self.container_logs:
+            return
+        writer = self._log_writers.get(state.task.task_arn)
+        if writer is None:
+            definition = self.backend().describe_task_definition(state.task.task_definition_arn)
+            writer = self._log_writers[state.task.task_arn] = AwslogsWriter(state, definition.container_definitions)
+        self._log_lines.extend(writer.lines(time.monotonic()))
+
+    def _flush_log_lines(self) -> None:
+        """Outside the lock: put the collected lines into CloudWatch Logs through the endpoint."""
+        with self.lock:
+            lines, self._log_lines = self._log_lines, []
+        if not lines:
+            return
+        import botocore.exceptions
+
+        logs = self._logs_client = getattr(self, "_logs_client", None) or self.client("logs")
+        for group, stream, message in lines:
+            for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
+                                   (logs.create_log_stream, {"logGroupName": group, "logStreamName": stream})):
+                try:
+                    create(**kwargs)
+                except botocore.exceptions.ClientError:
+                    pass  # it exists already
+            logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
+                {"timestamp": int(time.time() * 1000), "message": message}])
+
+
+class AwslogsWriter:
+    """What one task's awslogs containers print: a line every LOG_LINE_SECONDS while RUNNING, then
+    the line a job prints as it exits. Streams are named as ECS names them: PREFIX/CONTAINER/TASK_ID."""
+
+    def __init__(self, state: TaskState, definitions: List[Dict[str, Any]]) -> None:
+        self.state = state
+        self.targets = []
+        task_id = state.task.task_arn.rsplit("/", 1)[-1]
+        for definition in definitions:
+            config = definition.get("logConfiguration") or {}
+            options = config.get("options") or {}
+            if config.get("logDriver") == "awslogs" and options.get("awslogs-group") and \
+                    options.get("awslogs-stream-prefix"):
+                stream = f"{options['awslogs-stream-prefix']}/{definition['name']}/{task_id}"
+                self.targets.append((definition["name"], options["awslogs-group"], stream))
+        self.step = 0
+        self.next_at: Optional[float] = None
+        self.finished = False
+
+    def lines(self, now: float) -> List[Any]:
+        task = self.state.task
+        if not self.targets or self.finished or task.last_status not in ("RUNNING", "DEACTIVATING", "STOPPED"):
+            return []
+        out = []
+        if task.last_status == "RUNNING" and (self.next_at is None or now >= self.next_at):
+            self.step += 1
+            self.next_at = now + LOG_LINE_SECONDS
+            for name, group, stream in self.targets:
+                out.append((group, stream, f"{name}: working, step {self.step}"))
+        if task.last_status == "STOPPED":
+            self.finished = True
+            containers = {c.name: c for c in task.containers}
+            for name, group, stream in self.targets:
+                code = getattr(containers.get(name), "exit_code", None)
+                why = "received SIGTERM, " if self.state.stop_requested_at is not None else ""
+                if code is not None:
+                    out.append((group, stream, f"{name}: {why}exiting with code {code}"))
+        return out
