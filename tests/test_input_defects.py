@@ -126,6 +126,19 @@ def test_job_key_with_bytes_that_are_not_utf8_is_bad_input(tmp_path, tripwire, c
     assert tripwire.connections == 0
 
 
+@pytest.mark.parametrize("option", [b"-e", b"--var"])
+def test_env_and_var_values_with_bytes_that_are_not_utf8_are_bad_input(tmp_path, tripwire, option):
+    (tmp_path / "run-task.yaml").write_text(GOOD)
+    argv = [os.fsencode(part) for part in ecsbatch_command() + ["run", "-f", "run-task.yaml"]] + \
+        [option, b"NAME=caf\xe9"]
+    done = subprocess.run(argv, env=offline_env(tripwire), cwd=tmp_path, capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2 and stderr.count("\n") == 1, stderr
+    assert "'NAME' holds bytes that are not UTF-8 text (at character 9)" in stderr
+    assert tripwire.connections == 0
+
+
 @pytest.mark.parametrize("command", [
     ["status", "--cluster", ""],
     ["stop", "--cluster", "", "--started-by", "nightly"],
