@@ -111,6 +111,8 @@ def prepare(ecs: LocalEcs, work: str, interrupts: Interrupts) -> Optional[Dict[s
     with open(os.path.join(REPO, "run-task.yaml"), encoding="utf-8") as source, \
             open(run_file, "w", encoding="utf-8") as copy:
         copy.write(source.read())
+    if interrupts.received is not None:  # Ctrl-C while the endpoint was starting
+        return None
     say(f"ECS endpoint at {ecs.url}; registering and pinning the task definition")
     register = interrupts.run(ecsbatch_command() + [
         "register", "-f", demo_register_file(work), "--tag", "demo001", "--pin", run_file],
