@@ -75,6 +75,18 @@ OPERATOR_STOP_MARKER = "ecsbatch stop:"
 TAG_CLIENT_TOKEN = "ecsbatch:client-token"  # which launch made the task: adopt a lost answer
 TAG_REQUEST_HASH = "ecsbatch:request"  # what the task runs: a rerun attaches only to the same job
 TAG_DEADLINE = "ecsbatch:deadline"  # when --timeout ends it: `stop --expired` after a lost server
+ECSBATCH_TAG_KEYS = (TAG_CLIENT_TOKEN, TAG_REQUEST_HASH, TAG_DEADLINE)
+ECSBATCH_TAG_PREFIX = "ecsbatch:"  # tag keys that only ecsbatch writes; a request file may not
+TASK_TAG_LIMIT = 50  # ECS: at most 50 tags on a task
+TAG_KEY_LIMIT = 128
+TAG_VALUE_LIMIT = 256
+IF_RUNNING_CHOICES = ("attach", "fail", "launch")
+# A lost RunTask answer: after the last re-send, look for the task by its client-token tag, a
+# few times, because ListTasks may not show a task in its first seconds.
+ADOPT_LOOKUPS = 3
+ADOPT_LOOKUP_GAP = 2.0
+# `stop --expired` leaves a live runner this long to time its task out itself.
+DEFAULT_EXPIRED_GRACE = "2m"
 # Matched with fullmatch: `$` would also accept a trailing newline.
 STARTED_BY_PATTERN = re.compile(r"[A-Za-z0-9_/-]{1,36}")
 DOCKER_TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -135,6 +147,12 @@ class AwsError(EcsbatchError):
     """AWS refused a call or could not be reached."""
 
     exit_code = EXIT_ECS_FAILURE
+
+
+class AlreadyRunning(EcsbatchError):
+    """--if-running fail: a task of this job (same key, same request) is still live."""
+
+    exit_code = EXIT_ALREADY_RUNNING
 
 
 class StillRunning(EcsbatchError):
@@ -514,6 +532,7 @@ def run_request_problems(request: Mapping[str, Any]) -> List[str]:
     if "clientToken" in request:
         problems.append("remove clientToken: ecsbatch makes a fresh one for every run, "
                         "and a fixed one would make every later run return the first task")
+    problems.extend(tag_problems(request.get("tags")))
     started_by = request.get("startedBy")
     if isinstance(started_by, str) and not STARTED_BY_PATTERN.fullmatch(started_by):
         problems.append(f"startedBy {shown(started_by)} must be 1-36 letters, digits, _, - or /")
@@ -581,6 +600,144 @@ def chosen_started_by(started_by: Optional[str], job_key: Optional[str]) -> Opti
     if job_key is not None:
         return job_key_started_by(job_key)
     return None if started_by is None else check_started_by(started_by)
+
+
+def tag_problems(tags: Any) -> List[str]:
+    """What ECS or ecsbatch would refuse in a request's own `tags`, as sentences."""
+    if not isinstance(tags, list):
+        return []  # the shape check names it
+    problems = []
+    room = TASK_TAG_LIMIT - len(ECSBATCH_TAG_KEYS)
+    if len(tags) > room:
+        problems.append(f"tags has {len(tags)} entries: at most {room}, because ECS allows {TASK_TAG_LIMIT} "
+                        f"tags on a task and ecsbatch adds {len(ECSBATCH_TAG_KEYS)} of its own")
+    for index, tag in enumerate(tags):
+        if not isinstance(tag, dict):
+            continue
+        key, value = tag.get("key"), tag.get("value")
+        if isinstance(key, str) and key.lower().startswith(ECSBATCH_TAG_PREFIX):
+            problems.append(f"tags[{index}].key {key!r} is reserved: ecsbatch writes the "
+                            f"{ECSBATCH_TAG_PREFIX}* tags itself")
+        if isinstance(key, str) and len(key) > TAG_KEY_LIMIT:
+            problems.append(f"tags[{index}].key is {len(key)} characters long: ECS allows {TAG_KEY_LIMIT}")
+        if isinstance(value, str) and len(value) > TAG_VALUE_LIMIT:
+            problems.append(f"tags[{index}].value is {len(value)} characters long: ECS allows {TAG_VALUE_LIMIT}")
+    return problems
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    """What identifies a job's request: everything RunTask is asked to run (task definition,
+    overrides, cluster, network, the file's own tags...), without what changes from one launch
+    of the same job to the next: the clientToken and ecsbatch's own tags."""
+    import hashlib
+
+    essence = {k: v for k, v in request.items() if k != "clientToken"}
+    if isinstance(essence.get("tags"), list):
+        essence["tags"] = [t for t in essence["tags"]
+                           if not (isinstance(t, dict) and str(t.get("key", "")).lower().startswith(ECSBATCH_TAG_PREFIX))]
+        if not essence["tags"]:
+            del essence["tags"]
+    text = json.dumps(essence, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def deadline_text(now: datetime.datetime, timeout: Optional[float]) -> Optional[str]:
+    """The moment --timeout ends a job launched `now`, ISO-8601 UTC to the second (rounded up)."""
+    if timeout is None:
+        return None
+    import math
+
+    moment = now.astimezone(datetime.timezone.utc) + datetime.timedelta(seconds=math.ceil(timeout))
+    return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_deadline(text: Any) -> Optional[datetime.datetime]:
+    """A deadline tag's value, or None when it is not one that ecsbatch wrote."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+
+
+def task_tags(user_tags: Any, *, client_token: str, request_digest: str,
+              deadline: Optional[str]) -> List[Dict[str, str]]:
+    """The request's own tags, then ecsbatch's. A tag of the file never replaces one of ecsbatch's."""
+    ours = [{"key": TAG_CLIENT_TOKEN, "value": client_token}, {"key": TAG_REQUEST_HASH, "value": request_digest}]
+    if deadline is not None:
+        ours.append({"key": TAG_DEADLINE, "value": deadline})
+    theirs = [dict(t) for t in (user_tags if isinstance(user_tags, list) else [])
+              if not (isinstance(t, dict) and str(t.get("key", "")).lower().startswith(ECSBATCH_TAG_PREFIX))]
+    return theirs + ours
+
+
+def tag_value(task: Mapping[str, Any], key: str) -> Optional[str]:
+    """One tag of a DescribeTasks entry (asked with include=["TAGS"])."""
+    for tag in task.get("tags") or []:
+        if tag.get("key") == key:
+            return tag.get("value")
+    return None
+
+
+def expired_tasks(tasks: List[Mapping[str, Any]], now: datetime.datetime,
+                  grace: float) -> List[Tuple[Mapping[str, Any], datetime.datetime]]:
+    """ecsbatch's live tasks whose deadline passed more than `grace` seconds ago, with it.
+
+    A task counts as ecsbatch's only when it carries both its client-token and deadline tags,
+    which only ecsbatch writes; a task without a deadline (no --timeout) never expires."""
+    found = []
+    for task in tasks:
+        if task.get("lastStatus") == "STOPPED" or tag_value(task, TAG_CLIENT_TOKEN) is None:
+            continue
+        deadline = parse_deadline(tag_value(task, TAG_DEADLINE))
+        if deadline is not None and now - deadline >= datetime.timedelta(seconds=grace):
+            found.append((task, deadline))
+    return found
+
+
+class RerunDecision(NamedTuple):
+    action: str  # launch | attach | refuse | fail
+    task: Optional[Mapping[str, Any]]
+    message: str
+
+
+def rerun_decision(live: List[Mapping[str, Any]], digest: str, key: str, if_running: str) -> RerunDecision:
+    """What `run` does when tasks with the job's key are not STOPPED yet (issue: never run twice).
+
+    attach: one live task of the same request is this job: wait on it instead of launching.
+    fail: exit EXIT_ALREADY_RUNNING rather than attach. A live task of another request (or of no
+    known request) shares the key by mistake: refuse, whatever --if-running says, except launch.
+    """
+    live = [t for t in live if t.get("lastStatus") != "STOPPED"]
+    if if_running == "launch" or not live:
+        return RerunDecision("launch", None, "")
+    same = [t for t in live if tag_value(t, TAG_REQUEST_HASH) == digest]
+    others = [t for t in live if tag_value(t, TAG_REQUEST_HASH) != digest]
+    ids = ", ".join(task_id(str(t.get("taskArn"))) for t in others)
+    if others:
+        return RerunDecision("refuse", others[0], (
+            f"key {key} is in use by another job: task {ids} runs a different request "
+            "(task definition, overrides or network differ); give this job its own --job-key, or stop that task "
+            "first"))
+    oldest = sorted(same, key=lambda t: str(t.get("createdAt") or ""))[0]
+    if len(same) > 1:
+        return RerunDecision("refuse", oldest, (
+            f"key {key} has {len(same)} live tasks of this job ({', '.join(task_id(str(t.get('taskArn'))) for t in same)}); "
+            "stop the extra ones with ecsbatch stop TASK, then rerun"))
+    tid = task_id(str(oldest.get("taskArn")))
+    if if_running == "fail":
+        return RerunDecision("fail", oldest, f"task {tid} of this job (key {key}) is still {oldest.get('lastStatus')}; "
+                                             "not launching another (--if-running fail)")
+    return RerunDecision("attach", oldest, f"task {tid} of this job (key {key}) is already "
+                                           f"{oldest.get('lastStatus')}: attaching to it instead of launching another")
+
+
+def runner_file_name(key: str, pid: int) -> str:
+    """The registry entry of one runner of a key: a hex name, whatever the key holds."""
+    import hashlib
+
+    return f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.{pid}.json"
 
 
 def is_ecsbatch_task(task: Mapping[str, Any]) -> bool:
@@ -1093,25 +1250,142 @@ def describe_task_definition(ecs: Any, name: str, *, with_tags: bool = False) ->
     return answer["taskDefinition"], answer.get("tags", [])
 
 
-def launch(ecs: Any, request: Mapping[str, Any]) -> Dict[str, Any]:
-    """RunTask. When no answer arrives even after botocore's retries, re-send the same request:
-    its clientToken makes ECS return the task it already started instead of a second one."""
+class LaunchAttempts:
+    """botocore event hooks around each RunTask attempt (botocore's retries included).
+
+    A signal is held while a request is on the wire, so that a launch is never cut in half, and
+    acted on between attempts: no further attempt, no backoff sleep. `unanswered` says whether
+    some attempt may have reached ECS without its answer reaching us (a task may exist)."""
+
+    def __init__(self, guard: "SignalGuard") -> None:
+        self.guard = guard
+        self.unanswered = False
+
+    def before_send(self, **_: Any) -> None:
+        self.guard.deferring = True
+        if self.guard.received is not None:
+            raise Interrupted(self.guard.received)
+
+    def needs_retry(self, response: Any = None, **_: Any) -> None:
+        status = response[0].status_code if response else None
+        if status is None or status >= 500:
+            self.unanswered = True
+        if status is not None and status < 300:
+            return  # answered: the caller acts on a held signal once it knows the task
+        if self.guard.received is not None:
+            raise Interrupted(self.guard.received)
+        self.guard.deferring = False  # botocore may back off now: a signal cuts the sleep short
+
+
+class LaunchInterrupted(EcsbatchError):
+    """A signal arrived while RunTask had no answer, and no task was found to stop."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = EXIT_FOR_SIGNAL[signum]
+
+
+def quick_client(ecs: Any) -> Any:
+    """The same ECS endpoint and credentials with two attempts and short timeouts: for a look
+    that must be quick because the job is being interrupted."""
+    import botocore.config
+
+    config = ecs.meta.config.merge(botocore.config.Config(
+        retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=3, read_timeout=5))
+    return botocore_session().create_client("ecs", region_name=ecs.meta.region_name,
+                                            endpoint_url=ecs.meta.endpoint_url, config=config)
+
+
+def find_launched_task(ecs: Any, cluster: Optional[str], started_by: str, token: str, *,
+                       include_stopped: bool) -> Optional[Dict[str, Any]]:
+    """The task whose client-token tag is `token`: ECS never shows a RunTask's clientToken, and
+    under a shared startedBy a match on startedBy alone could be another job's task."""
+    for desired in ("RUNNING", "STOPPED") if include_stopped else ("RUNNING",):
+        arns = list_task_arns(ecs, cluster, desired_status=desired, started_by=started_by)
+        for task in describe_tasks(ecs, cluster, arns, with_tags=True):
+            if tag_value(task, TAG_CLIENT_TOKEN) == token:
+                return task
+    return None
+
+
+def stop_advice(cluster: Optional[str], key: Optional[str], token: str) -> str:
+    """How an operator stops what this launch may have started, and nothing else: this job's
+    own key from the command line, or the launch's client token. Never a shared startedBy."""
+    if key is not None:
+        return f"ecsbatch stop {cli_cluster_arg(cluster)}--started-by {key}"
+    return f"ecsbatch stop {cli_cluster_arg(cluster)}--client-token {token}"
+
+
+def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: Optional[str]) -> Dict[str, Any]:
+    """RunTask, under `guard` held by the caller. Returns RunTask's answer, or one holding the
+    task found by its client-token tag when no answer came back.
+
+    When no answer arrives even after botocore's retries, the same request is re-sent: its
+    clientToken makes ECS return the task it already started instead of a second one. After the
+    last re-send, or as soon as a signal arrives, the task is looked for by its client-token tag.
+    A task found is returned (the caller stops it if a signal is held). When none is found, a
+    signal ends the launch with its own exit code, and otherwise the error is 125."""
     import botocore.exceptions
 
+    token, cluster = request["clientToken"], request.get("cluster")
+    attempts = LaunchAttempts(guard)
+    events = ecs.meta.events
+    events.register_first("needs-retry.ecs.RunTask", attempts.needs_retry)
+    events.register("before-send.ecs.RunTask", attempts.before_send)
     no_answer = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
-    for resend in range(LAUNCH_RESENDS + 1):
+    failure: Optional[AwsError] = None
+    try:
+        for resend in range(LAUNCH_RESENDS + 1):
+            try:
+                with aws_errors_as():
+                    return ecs.run_task(**request)
+            except AwsError as exc:
+                guard.deferring = True
+                failure = exc
+                if not isinstance(exc.__cause__, no_answer) or resend == LAUNCH_RESENDS:
+                    break
+                progress(f"RunTask got no answer ({exc.format_message()}); re-sending it with the same clientToken")
+    except Interrupted:
+        pass  # guard.received holds it
+    finally:
+        guard.deferring = True
+        events.unregister("needs-retry.ecs.RunTask", attempts.needs_retry)
+        events.unregister("before-send.ecs.RunTask", attempts.before_send)
+
+    signum = guard.received
+    if not attempts.unanswered:
+        if signum is not None:
+            raise Interrupted(signum)  # every attempt was refused or never sent: nothing started
+        assert failure is not None
+        raise failure
+    # Some attempt may have started a task whose answer was lost: look for it by its tag.
+    what = failure.format_message() if failure is not None else "RunTask had no answer yet"
+    found, look_error = None, None
+    lookups = 1 if signum is not None else ADOPT_LOOKUPS
+    for lookup in range(lookups):
+        if lookup:
+            time.sleep(ADOPT_LOOKUP_GAP)
         try:
-            with aws_errors_as():
-                return ecs.run_task(**request)
+            if guard.received is not None:  # interrupted: one quick look, then stop what was found
+                found = find_launched_task(quick_client(ecs), cluster, request["startedBy"], token,
+                                           include_stopped=False)
+                break
+            found = find_launched_task(ecs, cluster, request["startedBy"], token, include_stopped=True)
         except AwsError as exc:
-            if not isinstance(exc.__cause__, no_answer):
-                raise
-            if resend == LAUNCH_RESENDS:
-                raise AwsError(f"{exc.format_message()}; a task may have started: aws ecs list-tasks "
-                               f"{cli_cluster_arg(request.get('cluster'))}--started-by {request.get('startedBy')}"
-                               ) from exc.__cause__
-            progress(f"RunTask got no answer ({exc.format_message()}); re-sending it with the same clientToken")
-    raise AssertionError("unreachable")
+            look_error = exc.format_message()
+        if found is not None:
+            break
+    if found is not None:
+        progress("RunTask's answer was lost; found the task it started by its client token")
+        return {"tasks": [found], "failures": []}
+    looked = f"could not look for it ({look_error})" if look_error and found is None else \
+        f"no task carries tag {TAG_CLIENT_TOKEN}={token} yet"
+    advice = f"if one appears, stop it with: {stop_advice(cluster, key, token)}"
+    if guard.received is not None:
+        name = signal.Signals(guard.received).name
+        raise LaunchInterrupted(guard.received, f"interrupted by {name} while RunTask had no answer ({what}); "
+                                                f"{looked}; {advice}")
+    raise AwsError(f"{what}; {looked}; {advice}") from failure
 
 
 def describe_task(ecs: Any, cluster: Optional[str], task_arn: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
@@ -1150,11 +1424,14 @@ def list_task_arns(ecs: Any, cluster: Optional[str], *, desired_status: str,
     return arns
 
 
-def describe_tasks(ecs: Any, cluster: Optional[str], task_arns: List[str]) -> List[Dict[str, Any]]:
+def describe_tasks(ecs: Any, cluster: Optional[str], task_arns: List[str], *,
+                   with_tags: bool = False) -> List[Dict[str, Any]]:
     tasks: List[Dict[str, Any]] = []
+    include = {"include": ["TAGS"]} if with_tags else {}
     with aws_errors_as():
         for start in range(0, len(task_arns), DESCRIBE_TASKS_BATCH):
-            answer = ecs.describe_tasks(**cluster_arg(cluster), tasks=task_arns[start:start + DESCRIBE_TASKS_BATCH])
+            answer = ecs.describe_tasks(**cluster_arg(cluster), tasks=task_arns[start:start + DESCRIBE_TASKS_BATCH],
+                                        **include)
             tasks.extend(answer.get("tasks", []))
     return tasks
 
@@ -1224,6 +1501,131 @@ class SignalGuard:
             self.deferring = False
         if self.received is not None:
             raise Interrupted(self.received)
+
+
+class KnownTask:
+    """The task this run launched, from the moment RunTask answered: if a signal ever escapes
+    the wait's own handling, main() still stops it instead of saying nothing was started."""
+
+    current: Optional[Tuple[Any, Optional[str], str]] = None
+
+    @classmethod
+    def remember(cls, ecs: Any, cluster: Optional[str], task_arn: str) -> None:
+        cls.current = (ecs, cluster, task_arn)
+
+    @classmethod
+    def stop_for(cls, signum: int) -> Optional[str]:
+        """StopTask the remembered task; a sentence saying what happened, or None."""
+        import botocore.exceptions
+
+        if cls.current is None:
+            return None
+        ecs, cluster, task_arn = cls.current
+        cls.current = None
+        why = f"{signal.Signals(signum).name} received by the job runner"
+        try:
+            stop_task(ecs, cluster, task_arn, stop_reason_text(why))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            return (f"{why}; StopTask failed ({aws_error_text(exc)}): task {task_arn} may still be running; "
+                    f"stop it with: ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}")
+        return f"{why}; StopTask sent for task {task_id(task_arn)}"
+
+
+# The runner registry: `ecsbatch stop --job-key K` signals the runners of K on this machine, so
+# that a job whose RunTask is still in flight (re-sends, capacity retries) is stopped by its own
+# runner's signal path, which knows or finds the task. One file per runner, in a directory only
+# this user can use, holding the pid and the process start time (a reused pid does not match).
+
+
+def runtime_dirs() -> List[str]:
+    """Where runners register: $XDG_RUNTIME_DIR/ecsbatch, then a private directory under the
+    temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset). `stop` looks in both."""
+    import tempfile
+
+    dirs = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
+    dirs.append(os.path.join(tempfile.gettempdir(), f"ecsbatch-{os.getuid()}"))
+    return dirs
+
+
+def private_dir(path: str, *, create: bool) -> bool:
+    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
+    import stat
+
+    if create:
+        with contextlib.suppress(OSError):
+            os.mkdir(path, 0o700)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
+    there is no such process or it has exited (a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
+
+
+def register_runner(key: str) -> Optional[str]:
+    """Record this runner under its key until it exits. Returns the file, or None if no private
+    directory could be used (then `stop` still finds the tasks in ECS)."""
+    import atexit
+
+    start = process_start_time(os.getpid())
+    for directory in runtime_dirs():
+        if start is None or not private_dir(directory, create=True):
+            continue
+        path = os.path.join(directory, runner_file_name(key, os.getpid()))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
+        atexit.register(unregister_runner, path)
+        return path
+    return None
+
+
+def unregister_runner(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def registered_runners(key: str) -> List[Tuple[int, str]]:
+    """(pid, start time) of the live runners of `key` for this user; stale entries are removed."""
+    import glob
+
+    prefix = runner_file_name(key, 0).split(".", 1)[0]
+    pids: List[Tuple[int, str]] = []
+    for directory in runtime_dirs():
+        if not private_dir(directory, create=False):
+            continue
+        for path in glob.glob(os.path.join(directory, f"{prefix}.*.json")):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    entry = json.load(handle)
+                pid, start = int(entry["pid"]), str(entry["start"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if entry.get("key") == key and process_start_time(pid) == start:
+                pids.append((pid, start))
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+    return sorted(set(pids))
+
+
+def runner_alive(pid: int, start: Optional[str]) -> bool:
+    return start is not None and process_start_time(pid) == start
 
 
 class TimeoutExpired(Exception):
@@ -1436,6 +1838,23 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
     return outcome
 
 
+def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[[], Optional[LogFollower]]], *,
+             interrupted_by: Optional[int], **wait_args: Any) -> Outcome:
+    """From a known task to supervise(). The log client is built with signals held, and a signal
+    that lands anywhere before supervise() takes over is handed to it, so the task is stopped."""
+    pending = interrupted_by
+    for _ in range(3):
+        try:
+            if make_follower is not None:
+                build, make_follower = make_follower, None
+                with guard.deferred():
+                    watch.follower = build()
+            return supervise(watch, guard, interrupted_by=pending, **wait_args)
+        except Interrupted as interrupt:
+            pending = interrupt.signum if pending is None else pending
+    raise Interrupted(pending if pending is not None else signal.SIGTERM)  # main() stops the known task
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. The click commands
 # ---------------------------------------------------------------------------------------------
@@ -1618,13 +2037,17 @@ def cli(ctx: click.Context) -> None:
               help="Set an environment variable in the target container (repeatable).")
 @wait_options
 @key_options
+@click.option("--if-running", type=click.Choice(IF_RUNNING_CHOICES), default="attach", show_default=True,
+              help="With --job-key or --started-by, when a task of the same key is still live: attach to it "
+                   "(same request), fail with exit 120, or launch another anyway.")
 @click.option("--dry-run", is_flag=True, help="Print the rendered request as YAML and exit 0. No AWS call.")
 @json_option
 @aws_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND ARGS...]")
 def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_definition: Optional[str],
         env_pairs: Tuple[str, ...], container: Optional[str], timeout_text: Optional[str], poll_interval: float,
-        no_logs: bool, started_by: Optional[str], job_key: Optional[str], dry_run: bool, as_json: bool,
+        no_logs: bool, started_by: Optional[str], job_key: Optional[str], if_running: str, dry_run: bool,
+        as_json: bool,
         region: Optional[str], profile: Optional[str], debug: bool, command: Tuple[str, ...]) -> None:
     """Launch the task in run-task.yaml, wait until it stops, exit with its exit code.
 
@@ -1667,42 +2090,88 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     request["taskDefinition"] = definition["taskDefinitionArn"]
     final = build_run_request(request, target_container=target, env=env, command=command)
     fail_on_problems(path, run_request_problems(final))
+    digest = request_hash(final)
+    cluster_name = final.get("cluster")
+    wait_args = dict(definition=definition, counted=counted, timeout_text=timeout_text, poll_interval=poll_interval,
+                     logs=not no_logs, as_json=as_json, region=region, profile=profile)
+
+    if started_by is not None:  # a key of this job's own, from the command line
+        register_runner(started_by)  # so that `ecsbatch stop --job-key` reaches this runner
+        live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster_name, started_by)
+        decision = rerun_decision(live, digest, started_by, if_running)
+        if decision.action in ("refuse", "fail"):
+            code = EXIT_ALREADY_RUNNING if decision.action == "fail" else EXIT_USAGE
+            emit_summary(as_json, task_summary(decision.task, task_arn=None, counted_names=counted, exit_code=code,
+                                               outcome="already-running" if code == EXIT_ALREADY_RUNNING
+                                               else "key-in-use", message=decision.message, elapsed=0.0))
+            raise (AlreadyRunning if code == EXIT_ALREADY_RUNNING else InputError)(decision.message)
+        if decision.action == "attach":
+            attach_to(ecs, guard, decision, cluster_name, timeout, wait_args)
+            return
+
     # One token per process: botocore's retries and any re-send reuse it, so ECS starts one task.
     import uuid
 
-    final["clientToken"] = str(uuid.uuid4())
-
-    cluster_name = final.get("cluster")
+    token = str(uuid.uuid4())
+    final["clientToken"] = token
+    final["tags"] = task_tags(final.get("tags"), client_token=token, request_digest=digest,
+                              deadline=deadline_text(datetime.datetime.now(datetime.timezone.utc), timeout))
     guard.on_second_signal = ("exiting now; a task may have been launched: "
-                              f"ecsbatch stop {cli_cluster_arg(cluster_name)}--started-by {final['startedBy']}")
-    answer: Optional[Dict[str, Any]] = None
+                              f"{stop_advice(cluster_name, started_by, token)}")
     pending_signal: Optional[int] = None
+    task_arn: Optional[str] = None
     try:
         with guard.deferred():
-            answer = launch(ecs, final)
+            try:
+                answer = launch(ecs, final, guard, key=started_by)
+            except AwsError as error:
+                emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
+                                                   exit_code=error.exit_code, outcome="launch-failed",
+                                                   message=error.format_message(), elapsed=0.0))
+                raise
+            tasks = answer.get("tasks") or []
+            if not tasks:
+                message = launch_failure_message(answer.get("failures", []))
+                emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
+                                                   exit_code=EXIT_ECS_FAILURE, outcome="launch-failed",
+                                                   message=message, elapsed=0.0, failures=answer.get("failures")))
+                raise AwsError(message)
+            task_arn = tasks[0]["taskArn"]
+            KnownTask.remember(ecs, cluster_name, task_arn)
+            guard.on_second_signal = (f"exiting now; task {task_arn} may still be running: "
+                                      f"ecsbatch stop {cli_cluster_arg(cluster_name)}{task_arn}")
+            progress(f"launched task {task_arn} ({task_definition_label(definition)}, counting {', '.join(counted)}); "
+                     f"to reattach: ecsbatch wait {cli_cluster_arg(cluster_name)}{task_arn}")
     except Interrupted as interrupt:
-        if not answer or not answer.get("tasks"):
+        if task_arn is None:
             raise
         pending_signal = interrupt.signum
-    except AwsError as error:
-        emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted, exit_code=error.exit_code,
-                                           outcome="launch-failed", message=error.format_message(), elapsed=0.0))
-        raise
+    assert task_arn is not None
+    wait_to_the_end(ecs, guard, cluster=cluster_name, task_arn=task_arn, timeout=timeout,
+                    interrupted_by=pending_signal, missing_grace=MISSING_GRACE_SECONDS, **wait_args)
 
-    tasks = answer.get("tasks") or []
-    if not tasks:
-        message = launch_failure_message(answer.get("failures", []))
-        emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted, exit_code=EXIT_ECS_FAILURE,
-                                           outcome="launch-failed", message=message, elapsed=0.0,
-                                           failures=answer.get("failures")))
-        raise AwsError(message)
-    task_arn = tasks[0]["taskArn"]
-    progress(f"launched task {task_arn} ({task_definition_label(definition)}, counting {', '.join(counted)}); "
-             f"to reattach: ecsbatch wait {cli_cluster_arg(cluster_name)}{task_arn}")
-    wait_to_the_end(ecs, guard, cluster=cluster_name, task_arn=task_arn, definition=definition, counted=counted,
-                    timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs,
-                    as_json=as_json, region=region, profile=profile, interrupted_by=pending_signal,
-                    missing_grace=MISSING_GRACE_SECONDS)
+
+def live_tasks_of_key(ecs: Any, cluster: Optional[str], key: str) -> List[Dict[str, Any]]:
+    """The tasks with startedBy `key` that are meant to run (not asked to stop), with their tags."""
+    arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
+    return [t for t in describe_tasks(ecs, cluster, arns, with_tags=True) if t.get("lastStatus") != "STOPPED"]
+
+
+def attach_to(ecs: Any, guard: SignalGuard, decision: RerunDecision, cluster: Optional[str],
+              timeout: Optional[float], wait_args: Dict[str, Any]) -> None:
+    """A rerun of a job whose task is still live: wait on that task as `wait` would. --timeout
+    counts from the task's creation, so a rerun never gives a stuck job more time."""
+    task = decision.task or {}
+    task_arn = task["taskArn"]
+    progress(f"{decision.message}; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}")
+    remaining = timeout
+    created = task.get("createdAt")
+    if timeout is not None and isinstance(created, datetime.datetime):
+        age = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
+        remaining = max(0.0, timeout - max(0.0, age))
+    KnownTask.remember(ecs, cluster, task_arn)
+    wait_to_the_end(ecs, guard, cluster=cluster, task_arn=task_arn, timeout=remaining, interrupted_by=None,
+                    missing_grace=0.0, **wait_args)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -1746,11 +2215,12 @@ def wait_to_the_end(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], tas
                     missing_grace: float) -> None:
     """The waiting half of `run`, shared with `wait`: follow, judge, report, exit."""
     started = time.monotonic()
-    follower = log_follower(definition, counted[0], task_arn, region=region, profile=profile,
-                            to_stderr=as_json) if logs else None
-    watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=follower, missing_grace=missing_grace)
-    outcome = supervise(watch, guard, counted_names=counted, timeout=timeout, timeout_text=timeout_text or "",
-                        interrupted_by=interrupted_by)
+    watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=None, missing_grace=missing_grace)
+    outcome = hand_off(watch, guard, (lambda: log_follower(definition, counted[0], task_arn, region=region,
+                                                           profile=profile, to_stderr=as_json)) if logs else None,
+                       interrupted_by=interrupted_by, counted_names=counted, timeout=timeout,
+                       timeout_text=timeout_text or "")
+    follower = watch.follower
     progress(outcome.message)
     tail = list(follower.tail) if follower is not None else []
     if outcome.exit_code != 0 and tail:
@@ -1821,57 +2291,116 @@ def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str
 @click.argument("task", required=False)
 @cluster_option
 @key_options
+@click.option("--client-token", metavar="TOKEN", help="Stop the task of one launch, by the token in its "
+              f"{TAG_CLIENT_TOKEN} tag (ecsbatch prints it when a launch's answer is lost).")
+@click.option("--expired", is_flag=True, help="Stop ecsbatch's tasks that are past the deadline their --timeout "
+              "gave them (their runner is gone, e.g. after a batch-server outage).")
+@click.option("--grace", "grace_text", default=DEFAULT_EXPIRED_GRACE, show_default=True, metavar="DURATION",
+              callback=checked_duration, help="With --expired: leave a live runner this long past the deadline to stop its task itself.")
 @click.option("--reason", default="stopped by an operator with ecsbatch stop", show_default=True,
               help="Why; shown as the task's stoppedReason.")
 @click.option("--timeout", "timeout_text", default=DEFAULT_STOP_TIMEOUT, show_default=True, metavar="DURATION",
               callback=checked_duration,
-              help="Exit 124 if the tasks are not STOPPED by then.")
+              help="Exit 124 if the tasks are not STOPPED (and the runners not gone) by then.")
 @click.option("--poll-interval", type=PollInterval(), default=STOP_CONFIRM_POLL, show_default=True,
               metavar="SECONDS", help="Gap between two DescribeTasks calls.")
 @aws_options
 def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str], job_key: Optional[str],
-         reason: str, timeout_text: str, poll_interval: float, region: Optional[str], profile: Optional[str],
-         debug: bool) -> None:
-    """Stop a task, or every running task with a startedBy key, and wait until they are STOPPED.
+         client_token: Optional[str], expired: bool, grace_text: str, reason: str, timeout_text: str,
+         poll_interval: float, region: Optional[str], profile: Optional[str], debug: bool) -> None:
+    """Stop a task, or every running task of a key, and wait until they are STOPPED.
 
     With --started-by or --job-key it needs no local state, so it works even after the runner was
-    killed outright: use it as the scheduler's stop command. Exit 0 once every task is STOPPED,
-    also when there was none to stop.
+    killed outright: use it as the scheduler's stop command. It also signals (SIGTERM) the runners
+    of that key that this user runs on this machine, so that a job whose launch is still in
+    flight is stopped by its own runner, and waits for them to exit. Exit 0 once every task is
+    STOPPED and every runner gone, also when there was none.
 
     \b
     Example:
         ecsbatch stop --cluster batch 0123456789abcdef0123456789abcdef
         ecsbatch stop --cluster batch --job-key "#[SESSION_ID]/#[JOB_ID]"
+        ecsbatch stop --cluster batch --expired
     """
     setup_debug(debug)
     key = chosen_started_by(started_by, job_key)
-    if (task is None) == (key is None):
-        raise InputError("name a TASK, or give --started-by or --job-key (one of them)")
+    if sum(1 for given in (task is not None, key is not None, client_token is not None, expired) if given) != 1:
+        raise InputError("name a TASK, or give --started-by or --job-key, --client-token or --expired (one of them)")
     deadline = time.monotonic() + parse_duration(timeout_text)
+    grace = parse_duration(grace_text) if expired else 0.0
+    runners: List[Tuple[int, str]] = []
+    if key is not None:
+        runners = registered_runners(key)
+        for pid, _ in runners:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            progress(f"sent SIGTERM to the runner of {key} (pid {pid}); it stops what it launched or is launching")
     ecs = make_client("ecs", region, profile)
     if task is not None:
         cluster = task_reference(task, cluster)
         arns = [task]
-    else:
+    elif key is not None:
         arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
-        if not arns:
-            progress(f"no running task with startedBy {key} in cluster {cluster or 'default'}; nothing to stop")
-            return
-    for arn in arns:
-        with aws_errors_as():
-            stop_task(ecs, cluster, arn, operator_stop_reason(reason))
-        progress(f"StopTask sent for {task_id(arn)}")
-    pending = set(arns)
+    elif client_token is not None:
+        arns = [t["taskArn"] for t in describe_tasks(ecs, cluster, list_task_arns(ecs, cluster, desired_status="RUNNING"),
+                                                     with_tags=True)
+                if tag_value(t, TAG_CLIENT_TOKEN) == client_token]
+    else:
+        live = describe_tasks(ecs, cluster, list_task_arns(ecs, cluster, desired_status="RUNNING"), with_tags=True)
+        found = expired_tasks(live, datetime.datetime.now(datetime.timezone.utc), grace)
+        for item, when in found:
+            progress(f"task {task_id(item['taskArn'])} (startedBy {item.get('startedBy') or '-'}) is past its "
+                     f"deadline {when.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        arns = [item["taskArn"] for item, _ in found]
+        reason = f"{reason}; past its deadline (--expired)"
+    what = (f"startedBy {key}" if key is not None else f"tag {TAG_CLIENT_TOKEN}={client_token}"
+            if client_token is not None else "a deadline past")
+    if not arns and not runners:
+        progress(f"no running task with {what} in cluster {cluster or 'default'}; nothing to stop")
+        return
+    stop_and_wait(ecs, cluster, arns, operator_stop_reason(reason), runners=runners, key=key, deadline=deadline,
+                  timeout_text=timeout_text, poll_interval=poll_interval)
+
+
+def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str, *, runners: List[Tuple[int, str]],
+                  key: Optional[str], deadline: float, timeout_text: str, poll_interval: float) -> None:
+    """StopTask each task, then wait until all are STOPPED and the signalled runners are gone.
+    While a runner of the key lives, and once more after, tasks of the key that appear (a launch
+    that was in flight) are stopped too."""
+    sent: set = set()
+
+    def stop_new(candidates: List[str]) -> None:
+        for arn in candidates:
+            if task_id(arn) not in sent:
+                with aws_errors_as():
+                    stop_task(ecs, cluster, arn, reason)
+                sent.add(task_id(arn))
+                progress(f"StopTask sent for {task_id(arn)}")
+
+    stop_new(arns)
+    pending = {task_id(arn): arn for arn in arns}
+    alive = list(runners)
+    last_look = False
     while True:
-        for found in describe_tasks(ecs, cluster, sorted(pending)):
-            if found.get("lastStatus") == "STOPPED":
+        for found in describe_tasks(ecs, cluster, sorted(pending.values())):
+            if found.get("lastStatus") == "STOPPED" and task_id(found["taskArn"]) in pending:
                 progress(f"task {task_id(found['taskArn'])} STOPPED")
-                pending -= {arn for arn in pending if task_id(arn) == task_id(found["taskArn"])}
-        if not pending:
+                del pending[task_id(found["taskArn"])]
+        was_alive = bool(alive)
+        alive = [(pid, start) for pid, start in alive if process_start_time(pid) == start]
+        if was_alive and not alive:
+            progress("the runner has exited")
+        if key is not None and runners and (alive or not last_look):
+            last_look = not alive
+            appeared = [arn for arn in list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
+                        if task_id(arn) not in sent]
+            stop_new(appeared)
+            pending.update({task_id(arn): arn for arn in appeared})
+        if not pending and not alive and (last_look or not runners):
             return
         if time.monotonic() >= deadline:
-            raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(task_id(a) for a in sorted(pending))}; "
-                               "ECS is still stopping them")
+            left = [task_id(a) for a in sorted(pending.values())] + [f"runner pid {pid}" for pid, _ in alive]
+            raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(left)}; ECS is still stopping them")
         time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
 
 
@@ -2080,7 +2609,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except Interrupted as interrupt:
-        click.echo(f"ecsbatch: interrupted by {signal.Signals(interrupt.signum).name}; nothing was started", err=True)
+        stopped = KnownTask.stop_for(interrupt.signum)  # a task launched by this run is never left behind
+        what = stopped or f"interrupted by {signal.Signals(interrupt.signum).name}; nothing was started"
+        click.echo(f"ecsbatch: {what}", err=True)
         sys.exit(EXIT_FOR_SIGNAL[interrupt.signum])
     except Exception as exc:
         if debug:

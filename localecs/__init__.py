@@ -4,7 +4,8 @@ moto's server on loopback, plus the parts of ECS that moto leaves out:
 - a task lifecycle on a clock: PROVISIONING -> PENDING -> RUNNING -> STOPPED, with one container
   per container definition, exit codes, stopCode, stoppedReason and timestamps;
 - RunTask made idempotent on clientToken, as ECS is;
-- DescribeTasks naming unknown tasks as MISSING failures, as ECS does;
+- DescribeTasks naming unknown tasks as MISSING failures, as ECS does, with a task's tags only
+  when asked for with include=["TAGS"];
 - StopTask going through DEACTIVATING, the containers exiting as on SIGTERM;
 - a log of every ECS request, for tests that count calls;
 - with `container_logs=True` (the demo), log lines in CloudWatch Logs for every container whose
@@ -245,6 +246,9 @@ class LocalEcs:
             with sim.lock:
                 tasks = [snapshot(t) for t in self.ecs_backend.describe_tasks(
                     self._get_param("cluster", "default"), wanted)]
+            if "TAGS" not in (self._get_param("include") or []):
+                for task in tasks:  # as ECS does: a task's tags only when asked for
+                    task.tags = None
             found = {t.id for t in tasks}
             failures = [{"arn": w, "reason": "MISSING"} for w in wanted if w.rsplit("/", 1)[-1] not in found]
             return ActionResult({"tasks": tasks, "failures": failures})
