@@ -2095,10 +2095,12 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     wait_args = dict(definition=definition, counted=counted, timeout_text=timeout_text, poll_interval=poll_interval,
                      logs=not no_logs, as_json=as_json, region=region, profile=profile)
 
-    if started_by is not None:  # a key of this job's own, from the command line
-        register_runner(started_by)  # so that `ecsbatch stop --job-key` reaches this runner
-        live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster_name, started_by)
-        decision = rerun_decision(live, digest, started_by, if_running)
+    # A key of this job's own, from the command line: never the shared default, never the file's.
+    own_key = started_by if started_by != DEFAULT_STARTED_BY else None
+    if own_key is not None:
+        register_runner(own_key)  # so that `ecsbatch stop --job-key` reaches this runner
+        live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster_name, own_key)
+        decision = rerun_decision(live, digest, own_key, if_running)
         if decision.action in ("refuse", "fail"):
             code = EXIT_ALREADY_RUNNING if decision.action == "fail" else EXIT_USAGE
             emit_summary(as_json, task_summary(decision.task, task_arn=None, counted_names=counted, exit_code=code,
@@ -2117,16 +2119,17 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     final["tags"] = task_tags(final.get("tags"), client_token=token, request_digest=digest,
                               deadline=deadline_text(datetime.datetime.now(datetime.timezone.utc), timeout))
     guard.on_second_signal = ("exiting now; a task may have been launched: "
-                              f"{stop_advice(cluster_name, started_by, token)}")
+                              f"{stop_advice(cluster_name, own_key, token)}")
     pending_signal: Optional[int] = None
     task_arn: Optional[str] = None
     try:
         with guard.deferred():
             try:
-                answer = launch(ecs, final, guard, key=started_by)
-            except AwsError as error:
+                answer = launch(ecs, final, guard, key=own_key)
+            except (AwsError, LaunchInterrupted) as error:
                 emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
-                                                   exit_code=error.exit_code, outcome="launch-failed",
+                                                   exit_code=error.exit_code, outcome="launch-failed"
+                                                   if isinstance(error, AwsError) else "interrupted",
                                                    message=error.format_message(), elapsed=0.0))
                 raise
             tasks = answer.get("tasks") or []
@@ -2366,7 +2369,7 @@ def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str
                   key: Optional[str], deadline: float, timeout_text: str, poll_interval: float) -> None:
     """StopTask each task, then wait until all are STOPPED and the signalled runners are gone.
     While a runner of the key lives, and once more after, tasks of the key that appear (a launch
-    that was in flight) are stopped too."""
+    that was in flight, here or on another machine) are stopped too."""
     sent: set = set()
 
     def stop_new(candidates: List[str]) -> None:
@@ -2390,13 +2393,13 @@ def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str
         alive = [(pid, start) for pid, start in alive if process_start_time(pid) == start]
         if was_alive and not alive:
             progress("the runner has exited")
-        if key is not None and runners and (alive or not last_look):
+        if key is not None and (alive or not last_look):
             last_look = not alive
             appeared = [arn for arn in list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
                         if task_id(arn) not in sent]
             stop_new(appeared)
             pending.update({task_id(arn): arn for arn in appeared})
-        if not pending and not alive and (last_look or not runners):
+        if not pending and not alive and (last_look or key is None):
             return
         if time.monotonic() >= deadline:
             left = [task_id(a) for a in sorted(pending.values())] + [f"runner pid {pid}" for pid, _ in alive]

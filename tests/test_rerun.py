@@ -7,7 +7,10 @@ import json
 import signal
 import time
 
-from conftest import Plan, assert_one_line_error
+import pytest
+import yaml
+
+from conftest import Plan, assert_one_line_error, run_cli
 
 
 
@@ -69,17 +72,25 @@ def test_after_the_keys_task_stopped_a_rerun_launches_afresh(job):
     assert len(job.tasks()) == 2
 
 
-def test_the_default_and_the_files_started_by_never_attach(job):
-    killed = job.start(plan=Plan(running=60))  # startedBy "ecsbatch", shared by every job
-    killed.wait_for("RUNNING")
-    killed.signal(signal.SIGKILL)
-    killed.process.wait(timeout=10)
-    assert job.run(plan=Plan(exit_code=0)).code == 0
-    request = __import__("yaml").safe_load(job.run_file.read_text())
-    job.write_run_file(dict(request, startedBy="nightly"))
-    assert job.run(plan=Plan(exit_code=0)).code == 0
-    assert job.run(plan=Plan(exit_code=0)).code == 0
-    assert len(job.tasks()) == 4
+def kill_after_running(running):
+    running.wait_for("RUNNING")
+    running.signal(signal.SIGKILL)
+    running.process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("args, started_by", [
+    ((), None),  # startedBy "ecsbatch", shared by every job
+    (("--started-by", "ecsbatch"), None),  # the default, even when written out
+    ((), "nightly"),  # the file's startedBy is the job's template, not a key of this run
+], ids=["default", "explicit-default", "files"])
+def test_a_shared_or_file_started_by_never_attaches(job, args, started_by):
+    if started_by:
+        job.write_run_file(dict(yaml.safe_load(job.run_file.read_text()), startedBy=started_by))
+    kill_after_running(job.start(*args, plan=Plan(running=60)))
+    assert job.run(*args, plan=Plan(exit_code=0)).code == 0
+    assert len(job.tasks()) == 2
+    for task in job.tasks():
+        run_cli(["stop", "--cluster", job.cluster, "--poll-interval", "0.1", task.task_arn], job.env)
 
 
 def test_after_an_attach_the_timeout_counts_from_the_tasks_creation(job, proxy):
