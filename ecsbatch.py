@@ -716,10 +716,12 @@ def rerun_decision(live: List[Mapping[str, Any]], digest: str, key: str, if_runn
     others = [t for t in live if tag_value(t, TAG_REQUEST_HASH) != digest]
     ids = ", ".join(task_id(str(t.get("taskArn"))) for t in others)
     if others:
+        what = ("runs a different request (task definition, overrides or network differ)"
+                if all(tag_value(t, TAG_REQUEST_HASH) for t in others)
+                else f"carries no {TAG_REQUEST_HASH} tag, so it cannot be known to be this job")
         return RerunDecision("refuse", others[0], (
-            f"key {key} is in use by another job: task {ids} runs a different request "
-            "(task definition, overrides or network differ); give this job its own --job-key, or stop that task "
-            "first"))
+            f"key {key} is in use by another job: task {ids} {what}; give this job its own --job-key, "
+            "or stop that task first"))
     oldest = sorted(same, key=lambda t: str(t.get("createdAt") or ""))[0]
     if len(same) > 1:
         return RerunDecision("refuse", oldest, (
@@ -1514,7 +1516,16 @@ class KnownTask:
         cls.current = (ecs, cluster, task_arn)
 
     @classmethod
+    def forget(cls) -> None:
+        """The wait has judged or stopped the task: nothing left to do for it."""
+        cls.current = None
+
+    @classmethod
     def stop_for(cls, signum: int) -> Optional[str]:
+        return cls.stop(f"{signal.Signals(signum).name} received by the job runner")
+
+    @classmethod
+    def stop(cls, why: str) -> Optional[str]:
         """StopTask the remembered task; a sentence saying what happened, or None."""
         import botocore.exceptions
 
@@ -1522,7 +1533,6 @@ class KnownTask:
             return None
         ecs, cluster, task_arn = cls.current
         cls.current = None
-        why = f"{signal.Signals(signum).name} received by the job runner"
         try:
             stop_task(ecs, cluster, task_arn, stop_reason_text(why))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -1848,8 +1858,13 @@ def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[
             if make_follower is not None:
                 build, make_follower = make_follower, None
                 with guard.deferred():
-                    watch.follower = build()
-            return supervise(watch, guard, interrupted_by=pending, **wait_args)
+                    try:
+                        watch.follower = build()
+                    except EcsbatchError as exc:  # no logs client: the job goes on without its lines
+                        progress(f"container logs are not streamed: {exc.format_message()}")
+            outcome = supervise(watch, guard, interrupted_by=pending, **wait_args)
+            KnownTask.forget()
+            return outcome
         except Interrupted as interrupt:
             pending = interrupt.signum if pending is None else pending
     raise Interrupted(pending if pending is not None else signal.SIGTERM)  # main() stops the known task
@@ -2609,7 +2624,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             import traceback
 
             traceback.print_exc()
+        stopped = KnownTask.stop(f"stopped after an error: {one_line(exc.format_message())}")
         exc.show()
+        if stopped:
+            click.echo(f"ecsbatch: {stopped}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted as interrupt:
         stopped = KnownTask.stop_for(interrupt.signum)  # a task launched by this run is never left behind
@@ -2617,10 +2635,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         click.echo(f"ecsbatch: {what}", err=True)
         sys.exit(EXIT_FOR_SIGNAL[interrupt.signum])
     except Exception as exc:
+        stopped = KnownTask.stop(f"internal error: {type(exc).__name__}")
         if debug:
             raise
         click.echo(f"ecsbatch: internal error: {type(exc).__name__}: {one_line(exc)} "
                    "(rerun with --debug for the traceback)", err=True)
+        if stopped:
+            click.echo(f"ecsbatch: {stopped}", err=True)
         sys.exit(EXIT_ECS_FAILURE)
     sys.exit(result if isinstance(result, int) else 0)
 

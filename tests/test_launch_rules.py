@@ -138,7 +138,7 @@ def test_expired_tasks(candidate, grace, expired):
     ([task("a", status="PENDING")], "fail", "fail", ["task a", "still PENDING", "--if-running fail"]),
     ([task("a", digest="h2")], "attach", "refuse", ["another job", "task a", "different request", "--job-key"]),
     ([task("a", digest="h2")], "fail", "refuse", ["another job"]),
-    ([task("a", digest=None)], "attach", "refuse", ["another job"]),  # no request tag: not known to be this job
+    ([task("a", digest=None)], "attach", "refuse", ["another job", "no ecsbatch:request tag"]),  # not known to be this job
     ([task("a", created=NOW), task("b", created=NOW - datetime.timedelta(1))], "attach", "refuse",
      ["2 live tasks", "a", "b"]),
 ], ids=["none", "stopped", "launch-anyway", "attach", "fail", "other-job", "other-job-fail", "untagged", "two"])
