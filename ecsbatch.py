@@ -1585,11 +1585,13 @@ def process_start_time(pid: int) -> Optional[str]:
 
 
 def register_runner(key: str) -> Optional[str]:
-    """Record this runner under its key until it exits. Returns the file, or None if no private
-    directory could be used (then `stop` still finds the tasks in ECS)."""
+    """Record this runner under its key until it exits, in each runtime directory (a stop command
+    may run with another environment). Returns the first file, or None if no private directory
+    could be used (then `stop` still finds the tasks in ECS)."""
     import atexit
 
     start = process_start_time(os.getpid())
+    first: Optional[str] = None
     for directory in runtime_dirs():
         if start is None or not private_dir(directory, create=True):
             continue
@@ -1601,8 +1603,8 @@ def register_runner(key: str) -> Optional[str]:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
         atexit.register(unregister_runner, path)
-        return path
-    return None
+        first = first or path
+    return first
 
 
 def unregister_runner(path: str) -> None:

@@ -183,6 +183,7 @@ def test_a_runtime_directory_that_others_can_use_or_a_link_is_refused(tmp_path):
 
 def test_registry_finds_a_live_runner_and_drops_stale_entries(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     import tempfile
 
@@ -198,5 +199,10 @@ def test_registry_finds_a_live_runner_and_drops_stale_entries(tmp_path, monkeypa
         handle.write('{"pid": %d, "start": "1", "key": "ecsbatch-key"}' % os.getpid())
     assert len(ecsbatch.registered_runners("ecsbatch-key")) == 1
     assert not os.path.exists(stale)
-    ecsbatch.unregister_runner(path)
+    # registered in both runtime directories, for a stop command that runs with another environment
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert [pid for pid, _ in ecsbatch.registered_runners("ecsbatch-key")] == [os.getpid()]
+    for directory in (tmp_path / "ecsbatch", tmp_path / "tmp" / f"ecsbatch-{os.getuid()}"):
+        for entry in directory.iterdir():
+            ecsbatch.unregister_runner(str(entry))
     assert ecsbatch.registered_runners("ecsbatch-key") == []
