@@ -1294,8 +1294,9 @@ def quick_client(ecs: Any) -> Any:
 
     config = ecs.meta.config.merge(botocore.config.Config(
         retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=3, read_timeout=5))
-    return botocore_session().create_client("ecs", region_name=ecs.meta.region_name,
-                                            endpoint_url=ecs.meta.endpoint_url, config=config)
+    with aws_errors_as():
+        return botocore_session().create_client("ecs", region_name=ecs.meta.region_name,
+                                                endpoint_url=ecs.meta.endpoint_url, config=config)
 
 
 def find_launched_task(ecs: Any, cluster: Optional[str], started_by: str, token: str, *,
@@ -1380,7 +1381,7 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
     if found is not None:
         progress("RunTask's answer was lost; found the task it started by its client token")
         return {"tasks": [found], "failures": []}
-    looked = f"could not look for it ({look_error})" if look_error and found is None else \
+    looked = f"could not look for it ({look_error})" if look_error else \
         f"no task carries tag {TAG_CLIENT_TOKEN}={token} yet"
     advice = f"if one appears, stop it with: {stop_advice(cluster, key, token)}"
     if guard.received is not None:
