@@ -62,6 +62,13 @@ STOP_CONFIRM_SECONDS = 40.0
 STOP_CONFIRM_POLL = 2.0
 # DescribeTasks is eventually consistent: a task just launched may briefly be MISSING.
 MISSING_GRACE_SECONDS = 60.0
+# One answer without the task is not proof that it is gone (a glitch, a proxy's error page):
+# MISSING ends a wait only after this many answers in a row, spread over at least this long.
+MISSING_CONFIRM_ANSWERS = 3
+MISSING_CONFIRM_SECONDS = 30.0
+# What describe_task says when an answer names neither the task nor a failure for it (an empty
+# or non-JSON body, such as a proxy's HTML page with status 200): that is no word on the task.
+NO_WORD_ON_TASK = "an answer that names neither the task nor a failure for it"
 # botocore's standard retry mode: exponential backoff with jitter, throttling included.
 AWS_RETRY_ATTEMPTS = 10
 AWS_CONNECT_TIMEOUT = 10
@@ -162,7 +169,8 @@ class StillRunning(EcsbatchError):
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived. A BaseException so that no `except Exception` swallows it."""
+    """SIGHUP, SIGINT, SIGQUIT or SIGTERM arrived. A BaseException so that no `except Exception`
+    swallows it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -875,9 +883,11 @@ def cli_cluster_arg(cluster: Optional[str]) -> str:
 def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str]) -> Verdict:
     """The whole success judgment for a STOPPED task, from its DescribeTasks entry.
 
-    A task that failed to start, was stopped from outside, or whose counted container has no
-    exit code is an ECS failure (125), never a success. Otherwise the first non-zero exit code
-    among the counted containers, in definition order, decides; sidecars never do.
+    A task stopped by an operator with `ecsbatch stop` ends as a SIGTERM does (143): both of
+    Hinemos's stop types must read as a deliberate stop. A task that failed to start, was stopped
+    from outside otherwise, or whose counted container has no exit code is an ECS failure (125),
+    never a success. Otherwise the first non-zero exit code among the counted containers, in
+    definition order, decides; sidecars never do.
     """
     stop_code = task.get("stopCode")
     containers = {c.get("name"): c for c in task.get("containers", [])}
@@ -887,6 +897,8 @@ def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str]) -> Ver
 
     if stop_code == "TaskFailedToStart":
         return Verdict(EXIT_ECS_FAILURE, f"task {tid} failed to start: {context}")
+    if is_operator_stop(task):
+        return Verdict(EXIT_SIGTERM, f"task {tid} was stopped by an operator with ecsbatch stop: {context}")
     if stop_code in EXTERNAL_STOP_CODES:
         return Verdict(EXIT_ECS_FAILURE, f"task {tid} was stopped before its job finished: {context}")
     if not counted:
@@ -918,6 +930,92 @@ def failure_context(task: Mapping[str, Any], counted: List[Mapping[str, Any]]) -
         parts.append(f"{container.get('name')}: exitCode={'-' if code is None else code}, "
                      f"reason={one_line(container.get('reason') or '-')!r}")
     return "; ".join(parts)
+
+
+def missing_is_final(*, seen: bool, answers: int, first_missing_at: float, now: float, started_at: float,
+                     launch_grace: float) -> bool:
+    """Whether MISSING answers in a row prove that ECS does not know the task.
+
+    One odd answer is not proof: it takes MISSING_CONFIRM_ANSWERS answers in a row over at least
+    MISSING_CONFIRM_SECONDS. A task never seen yet also gets `launch_grace` from the start of the
+    wait, because DescribeTasks may not show a task just launched. All times are one clock's.
+    """
+    if answers < MISSING_CONFIRM_ANSWERS or now - first_missing_at < MISSING_CONFIRM_SECONDS:
+        return False
+    return seen or now - started_at >= launch_grace
+
+
+class StopAttempt(NamedTuple):
+    """What happened when ecsbatch asked ECS to stop the task it waits on."""
+
+    reason: str  # the stoppedReason that ecsbatch sent
+    accepted: bool  # ECS answered StopTask
+    error: Optional[str]  # why StopTask failed, when it did
+    before: Optional[Mapping[str, Any]]  # the task as last seen before StopTask
+    at_stop: Optional[Mapping[str, Any]]  # the task in StopTask's answer: as it was when the stop took effect
+    task: Optional[Mapping[str, Any]]  # the task as last seen afterwards
+
+
+def exited_containers(task: Optional[Mapping[str, Any]], counted_names: List[str]) -> bool:
+    """Had every counted container already exited, with an exit code, in this state of the task?"""
+    if not task or not counted_names:
+        return False
+    codes = {c.get("name"): c.get("exitCode") for c in task.get("containers", [])}
+    return all(isinstance(codes.get(name), int) and not isinstance(codes.get(name), bool) for name in counted_names)
+
+
+def ended_by_our_stop(task: Mapping[str, Any], attempt: StopAttempt, counted_names: List[str]) -> bool:
+    """Did ecsbatch's own StopTask end this STOPPED task?
+
+    Only if ECS recorded our stop (UserInitiated with exactly the reason we sent) and the counted
+    containers had not already exited when it took effect. A task that stopped on its own in the
+    moment a timeout or a signal fired has its own stopCode, or its exit codes in StopTask's answer.
+    """
+    if task.get("stopCode") != "UserInitiated" or \
+            one_line(task.get("stoppedReason") or "") != one_line(attempt.reason):
+        return False
+    return not (exited_containers(attempt.before, counted_names) or exited_containers(attempt.at_stop, counted_names))
+
+
+def stop_command(cluster: Optional[str], task_arn: str) -> str:
+    """The command that stops this one task, for a verdict that could not stop it."""
+    return f"ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}"
+
+
+def judge_after_stop(ending: Verdict, attempt: StopAttempt, counted_names: List[str], *, cluster: Optional[str],
+                     task_arn: str) -> Tuple[Verdict, str]:
+    """The verdict when ecsbatch ended the wait (a timeout, a signal, an error) and tried StopTask.
+
+    Returns the verdict and how the task ended: "stopped" (our StopTask ended it: the ending's
+    code, e.g. 124 or 143), "judged" (it had stopped on its own or by someone else: judged as it
+    stopped, whatever fired meanwhile), "stopping" (ECS accepted a stop but the task is not
+    STOPPED yet), or "not-stopped" (StopTask failed and the task may still run: 125, with the
+    command that stops it; never "was stopped").
+    """
+    tid = task_id(task_arn)
+    task = attempt.task or {}
+    status = task.get("lastStatus")
+    if status == "STOPPED":
+        if ended_by_our_stop(task, attempt, counted_names):
+            return Verdict(ending.exit_code, f"{ending.message}; task {tid} was stopped (STOPPED)"), "stopped"
+        verdict = judge_stopped_task(task, counted_names)
+        return Verdict(verdict.exit_code, f"{verdict.message} (it stopped before ecsbatch's StopTask took effect: "
+                       f"{ending.message})"), "judged"
+    state = status or "state unknown"
+    if attempt.accepted or task.get("desiredStatus") == "STOPPED":
+        return Verdict(ending.exit_code, f"{ending.message}; StopTask was accepted and ECS is stopping task {tid} "
+                       f"({state})"), "stopping"
+    return Verdict(EXIT_ECS_FAILURE, f"{ending.message}; task {tid} was NOT stopped and may still be {state}: "
+                   f"StopTask failed ({attempt.error}); stop it with: {stop_command(cluster, task_arn)}"), "not-stopped"
+
+
+def judge_missing(missing: str, attempt: StopAttempt, *, cluster: Optional[str], task_arn: str) -> Verdict:
+    """125 when ECS stopped knowing the task; say whether the StopTask sent just in case went through."""
+    if attempt.accepted:
+        return Verdict(EXIT_ECS_FAILURE, f"{missing}; StopTask was accepted, so ECS still knows the task and is "
+                       "stopping it")
+    return Verdict(EXIT_ECS_FAILURE, f"{missing}; StopTask failed ({attempt.error}): if the task still runs, stop it "
+                   f"with: {stop_command(cluster, task_arn)}")
 
 
 def next_poll_delay(poll_interval: float, rng: random.Random, *, first: bool = False) -> float:
@@ -1398,7 +1496,7 @@ def describe_task(ecs: Any, cluster: Optional[str], task_arn: str) -> Tuple[Opti
         if task.get("taskArn") == task_arn or task_id(task.get("taskArn", "")) == task_id(task_arn):
             return task, None
     reasons = [f.get("reason") for f in answer.get("failures", []) if f.get("reason")]
-    return None, ", ".join(reasons) or "MISSING"
+    return None, ", ".join(reasons) or NO_WORD_ON_TASK
 
 
 def find_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
@@ -1411,9 +1509,78 @@ def find_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
     return found
 
 
-def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> None:
-    """StopTask with `reason` sent as it is: see stop_reason_text and operator_stop_reason."""
-    ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=reason)
+def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> Optional[Dict[str, Any]]:
+    """StopTask with `reason` sent as it is: see stop_reason_text and operator_stop_reason.
+    Returns the task as StopTask's answer shows it: its state when the stop took effect."""
+    return ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=reason).get("task")
+
+
+class _RehearsalBody:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self.payload
+
+
+REHEARSAL_MARKER = "ecsbatch-rehearsal-not-sent"
+
+
+def rehearse_call(client: Any, operation: str, params: Mapping[str, Any], status: int, answer: Mapping[str, Any]) -> None:
+    """Run one call through the client's whole pipeline without sending it.
+
+    botocore answers it from a `before-send` hook, so validation, serializer, signer, retry
+    handler, parser and error factory all run, and whatever they load lazily (modules, model and
+    data files) is in memory afterwards. Only a request that carries REHEARSAL_MARKER is answered;
+    every other one goes out as usual, also while the hook is registered.
+    """
+    import botocore.awsrequest
+    import botocore.exceptions
+
+    model = client.meta.service_model
+    event = f"before-send.{model.service_id.hyphenize()}.{model.operation_model(operation).name}"
+    payload = json.dumps(answer).encode()
+
+    def answer_it(request: Any, **kwargs: Any) -> Any:
+        body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
+        if REHEARSAL_MARKER.encode() not in body:
+            return None
+        return botocore.awsrequest.AWSResponse(request.url, status, {"Content-Type": "application/x-amz-json-1.1",
+                                                                      "x-amzn-RequestId": "rehearsal"},
+                                               _RehearsalBody(payload))
+
+    method = getattr(client, botocore.xform_name(operation))
+    client.meta.events.register(event, answer_it, unique_id=f"ecsbatch-rehearsal-{operation}")
+    try:
+        method(**params)
+    except botocore.exceptions.ClientError as exc:
+        aws_error_text(exc)
+    finally:
+        client.meta.events.unregister(event, unique_id=f"ecsbatch-rehearsal-{operation}")
+
+
+def rehearse_stop(ecs: Any, cluster: Optional[str], logs: Any = None) -> None:
+    """Before a wait begins, load everything that stopping the task, judging and reporting need.
+
+    A release pruned or replaced under a running job (a deploy swaps the venv) must never break
+    that job's stop: after this, StopTask, DescribeTasks, GetLogEvents, their error paths and
+    the modules of the verdict's path are in memory, so the stop reads no file from disk.
+    """
+    import logging  # noqa: F401  (the internal-error path logs with a traceback)
+    import traceback  # noqa: F401
+    import _strptime  # noqa: F401  (time.strptime, which botocore's retries use, imports it lazily)
+
+    for status, answer in ((400, {"__type": "ClientException", "message": "rehearsal"}),
+                           (200, {"task": {"taskArn": REHEARSAL_MARKER, "lastStatus": "STOPPED",
+                                           "stoppingAt": 0, "stoppedAt": 0, "containers": [
+                                               {"name": "rehearsal", "exitCode": 0, "lastStatus": "STOPPED"}]}})):
+        rehearse_call(ecs, "StopTask", dict(cluster_arg(cluster), task=REHEARSAL_MARKER, reason=REHEARSAL_MARKER),
+                      status, answer)
+    rehearse_call(ecs, "DescribeTasks", dict(cluster_arg(cluster), tasks=[REHEARSAL_MARKER]), 200,
+                  {"tasks": [], "failures": [{"arn": REHEARSAL_MARKER, "reason": "MISSING"}]})
+    if logs is not None:
+        rehearse_call(logs, "GetLogEvents", {"logGroupName": REHEARSAL_MARKER, "logStreamName": REHEARSAL_MARKER},
+                      400, {"__type": "ResourceNotFoundException", "message": "rehearsal"})
 
 
 def list_task_arns(ecs: Any, cluster: Optional[str], *, desired_status: str,
@@ -1471,39 +1638,88 @@ def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], 
 
 
 class SignalGuard:
-    """SIGINT and SIGTERM raise Interrupted, or wait for the end of a `deferred()` block.
+    """SIGHUP, SIGINT, SIGQUIT and SIGTERM end the job the same way: the task is stopped first,
+    then ecsbatch exits with the signal's code (EXIT_FOR_SIGNAL: 129, 130, 131, 143).
 
-    A second signal exits at once with the first signal's code, without cleaning up.
+    - SIGHUP is a lost terminal or SSH session. A SIGHUP ignored at start (`nohup`) stays
+      ignored: whoever started ecsbatch asked for the job to outlive the session.
+    - SIGQUIT (Ctrl-\\) would otherwise kill the runner at once (and dump core), leaving the task
+      running unwatched. An operator who presses it wants the job gone, so it stops the task like
+      SIGTERM does; a second signal still exits at once.
+
+    By default a first signal raises Interrupted where the main thread is. Inside `hold()` it is
+    only recorded in `received` and waits its turn; `deferred()` is a hold that raises it when the
+    block ends; `interruptible()`, inside a hold, raises a held signal at once and lets new ones
+    raise again until the block ends. A second signal always exits at once with the first
+    signal's code, without cleaning up, after one line that says what is left behind.
     """
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
-        self.deferring = False
-        self.on_second_signal = "exiting now"
+        self.ignored: List[int] = []  # ignored at start, and left so
+        # What the second-signal line says after "second SIGTERM: "; a callable is asked then.
+        self.on_second_signal: Any = "exiting now"
+        self._modes: List[bool] = []  # innermost last: True holds a first signal, False raises it
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._modes) and self._modes[-1]
+
+    deferring = holding  # the older name, read-only
 
     def install(self) -> None:
         for signum in EXIT_FOR_SIGNAL:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                self.ignored.append(signum)
+                continue
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
-            progress(f"second {signal.Signals(signum).name}: {self.on_second_signal}")
-            sys.stderr.flush()
-            os._exit(EXIT_FOR_SIGNAL[self.received])
+            self._exit_now(signum)
         self.received = signum
-        if not self.deferring:
+        if not self.holding:
             raise Interrupted(signum)
 
+    def _exit_now(self, signum: int) -> None:
+        """Straight to the file descriptor: the main thread may be in the middle of a write."""
+        try:
+            said = self.on_second_signal() if callable(self.on_second_signal) else self.on_second_signal
+            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            line = f"{stamp} ecsbatch: second {signal.Signals(signum).name}: {said}\n"
+            os.write(2, line.encode("utf-8", "replace"))
+        except Exception:  # nothing may keep this exit from happening
+            pass
+        os._exit(EXIT_FOR_SIGNAL[self.received or signum])
+
     @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Hold a signal until the block ends, so that a launch is never cut in half."""
-        self.deferring = True
+    def _mode(self, holding: bool) -> Iterator[None]:
+        depth = len(self._modes)
+        self._modes.append(holding)
         try:
             yield
         finally:
-            self.deferring = False
+            del self._modes[depth:]
+
+    def hold(self) -> "contextlib.AbstractContextManager[None]":
+        """A first signal inside the block is recorded in `received` and waits its turn."""
+        return self._mode(True)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a signal until the block ends, so that a launch is never cut in half; then raise it."""
+        with self.hold():
+            yield
         if self.received is not None:
             raise Interrupted(self.received)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Inside a hold: a signal already held raises now, and new ones raise until the block ends."""
+        with self._mode(False):
+            if self.received is not None:
+                raise Interrupted(self.received)
+            yield
 
 
 class KnownTask:
@@ -1721,58 +1937,100 @@ class LogFollower:
 
 
 class Watch:
-    """Polls one task until it stops, printing each state change and a heartbeat."""
+    """Polls one task until it stops, printing each state change and a heartbeat.
+
+    `clock` and `sleep` are injectable so that tests can run the MISSING rules on a fake clock.
+    """
 
     def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
                  follower: Optional[LogFollower] = None, missing_grace: float = MISSING_GRACE_SECONDS,
-                 rng: Optional[random.Random] = None) -> None:
+                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
         self.poll_interval = poll_interval
         self.follower = follower
         self.missing_grace = missing_grace
         self.rng = rng or random.Random()
-        self.started = time.monotonic()
+        self.clock, self.sleep = clock, sleep
+        self.started = clock()
         self.last_task: Optional[Dict[str, Any]] = None
         self.last_status: Optional[str] = None
         self.last_line_at = self.started
+        self.missing_since: Optional[float] = None
+        self.missing_answers = 0
+        self.no_word = False
+        self.stop_sent = False
+
+    def rehearse(self) -> None:
+        """Load now everything a stop needs (see rehearse_stop); a failure here never ends the job."""
+        try:
+            rehearse_stop(self.ecs, self.cluster, self.follower.logs if self.follower is not None else None)
+        except Exception:  # the real stop will try anyway
+            import logging
+
+            logging.getLogger("ecsbatch").debug("rehearsing the stop failed", exc_info=True)
 
     def poll(self) -> Optional[Dict[str, Any]]:
-        """One DescribeTasks call. Returns the task, or None when ECS did not answer this time."""
+        """One DescribeTasks call. Returns the task, or None when ECS gave no word on it this time."""
         import botocore.exceptions
 
+        tid = task_id(self.task_arn)
         try:
             task, missing_reason = describe_task(self.ecs, self.cluster, self.task_arn)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             progress(f"DescribeTasks failed after retries, polling again: {aws_error_text(exc)}")
-            self.last_line_at = time.monotonic()
+            self.last_line_at = self.clock()
             return None
+        if task is None and missing_reason == NO_WORD_ON_TASK:
+            if not self.no_word:  # once per spell: an answer like this is no word on the task either way
+                progress(f"DescribeTasks gave {NO_WORD_ON_TASK}; polling again")
+                self.last_line_at = self.clock()
+            self.no_word = True
+            return None
+        self.no_word = False
         if task is None:
-            # Once seen, a task stays visible for an hour after it stops: MISSING is definitive.
-            if self.last_task is not None or time.monotonic() - self.started >= self.missing_grace:
-                raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({missing_reason}): "
-                                  "it never started or was deleted")
+            self._missing(missing_reason or "MISSING")
             return None
+        self.missing_since, self.missing_answers = None, 0
         self.last_task = task
         status = task.get("lastStatus")
-        now = time.monotonic()
+        now = self.clock()
         if status != self.last_status:
-            progress(f"task {task_id(self.task_arn)} {status}")
+            progress(f"task {tid} {status}")
             self.last_status, self.last_line_at = status, now
         elif now - self.last_line_at >= HEARTBEAT_SECONDS:
-            progress(f"task {task_id(self.task_arn)} still {status} after {format_duration(now - self.started)}")
+            progress(f"task {tid} still {status} after {format_duration(now - self.started)}")
             self.last_line_at = now
         return task
+
+    def _missing(self, reason: str) -> None:
+        """Count a MISSING answer; raise TaskMissing once missing_is_final says they prove it."""
+        now = self.clock()
+        if self.missing_since is None:
+            self.missing_since = now
+        self.missing_answers += 1
+        seen = self.last_task is not None
+        if missing_is_final(seen=seen, answers=self.missing_answers, first_missing_at=self.missing_since, now=now,
+                            started_at=self.started, launch_grace=self.missing_grace):
+            after = f" after it was seen {self.last_status}" if seen else ""
+            raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({reason}) in {self.missing_answers} "
+                              f"answers over {format_duration(now - self.missing_since)}{after}: "
+                              "it never started or was deleted")
+        if seen and self.missing_answers == 1:
+            progress(f"DescribeTasks did not find task {task_id(self.task_arn)} ({reason}), last seen "
+                     f"{self.last_status}; polling again: one answer is not proof")
+            self.last_line_at = now
 
     def until_stopped(self, deadline: Optional[float]) -> Dict[str, Any]:
         """Poll until STOPPED. Raises TimeoutExpired at the deadline, TaskMissing if it vanished."""
         delay = next_poll_delay(self.poll_interval, self.rng, first=True)
         while True:
             if deadline is not None:
-                if time.monotonic() >= deadline:
+                if self.clock() >= deadline:
                     raise TimeoutExpired()
-                delay = min(delay, max(0.0, deadline - time.monotonic()))
-            time.sleep(delay)
-            if deadline is not None and time.monotonic() >= deadline:
+                delay = min(delay, max(0.0, deadline - self.clock()))
+            self.sleep(delay)
+            if deadline is not None and self.clock() >= deadline:
                 raise TimeoutExpired()
             task = self.poll()
             if self.follower is not None:
@@ -1781,74 +2039,113 @@ class Watch:
                 return task
             delay = next_poll_delay(self.poll_interval, self.rng)
 
-    def stop_and_confirm(self, why: str) -> Optional[Dict[str, Any]]:
-        """StopTask, then wait a while for STOPPED. Returns the last state seen."""
+    def stop(self, why: str, *, confirm: bool = True) -> StopAttempt:
+        """StopTask, then (with `confirm`) wait a while for STOPPED. Says what happened, never more."""
         import botocore.exceptions
 
         tid = task_id(self.task_arn)
+        reason = stop_reason_text(why)
+        before = self.last_task
         progress(f"stopping task {tid}: {why}")
         try:
-            stop_task(self.ecs, self.cluster, self.task_arn, stop_reason_text(why))
+            at_stop = stop_task(self.ecs, self.cluster, self.task_arn, reason)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            progress(f"StopTask failed: {aws_error_text(exc)}; stop it with: "
-                     f"aws ecs stop-task {cli_cluster_arg(self.cluster)}--task {self.task_arn}")
-            return self.last_task
-        deadline = time.monotonic() + STOP_CONFIRM_SECONDS
+            error = aws_error_text(exc)
+            progress(f"StopTask failed: {error}")
+            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
+        self.stop_sent = True
+        if not confirm:
+            return StopAttempt(reason, True, None, before, at_stop, self.last_task)
+        deadline = self.clock() + STOP_CONFIRM_SECONDS
         self.poll_interval = min(self.poll_interval, STOP_CONFIRM_POLL)
         try:
-            return self.until_stopped(deadline)
+            task: Optional[Dict[str, Any]] = self.until_stopped(deadline)
         except (TimeoutExpired, TaskMissing):
             progress(f"task {tid} is still {self.last_status} after {format_duration(STOP_CONFIRM_SECONDS)}; "
                      "ECS is stopping it")
+            task = self.last_task
+        return StopAttempt(reason, True, None, before, at_stop, task)
+
+    def _look_once(self) -> Optional[Dict[str, Any]]:
+        """After a failed StopTask: how the task is now, if ECS says (it may have stopped anyway)."""
+        import botocore.exceptions
+
+        try:
+            task, _ = describe_task(self.ecs, self.cluster, self.task_arn)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return self.last_task
+        if task is not None:
+            self.last_task, self.last_status = task, task.get("lastStatus")
+        return self.last_task
 
 
 class Outcome(NamedTuple):
     exit_code: int
-    kind: str  # succeeded, failed, timeout, interrupted, missing, error
+    kind: str  # succeeded, failed, timeout, interrupted, missing, error, not-stopped
     message: str
     task: Optional[Dict[str, Any]]
 
 
+def verdict_kind(verdict: Verdict, task: Mapping[str, Any]) -> str:
+    """The --json outcome of a task judged as it stopped."""
+    if verdict.exit_code == 0:
+        return "succeeded"
+    return "interrupted" if is_operator_stop(task) else "failed"
+
+
 def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], timeout: Optional[float],
               timeout_text: str, interrupted_by: Optional[int] = None) -> Outcome:
-    """Wait for the task and judge it. Whatever ends the wait, the task is not left running."""
+    """Wait for the task and judge it. Whatever ends the wait, ecsbatch stops the task, or the
+    verdict says plainly that it could not. Only the wait itself can be interrupted: before it,
+    a signal is held (and then ends the wait at once), after it a first signal waits its turn."""
     deadline = None if timeout is None else watch.started + timeout
-    guard.on_second_signal = f"exiting now; task {watch.task_arn} may still be running"
-    ending: Optional[Tuple[int, str, str]] = None
-    try:
-        if interrupted_by is not None:
-            raise Interrupted(interrupted_by)
-        task = watch.until_stopped(deadline)
-    except Interrupted as interrupt:
-        name = signal.Signals(interrupt.signum).name
-        when = " during launch" if interrupted_by is not None else ""
-        ending = (EXIT_FOR_SIGNAL[interrupt.signum], "interrupted", f"{name} received by the job runner{when}")
-    except TimeoutExpired:
-        ending = (EXIT_TIMEOUT, "timeout", f"--timeout {timeout_text} expired")
-    except TaskMissing as missing:
-        guard.deferring = True
-        return Outcome(EXIT_ECS_FAILURE, "missing", str(missing), watch.last_task)  # no stream to drain
-    except Exception as exc:  # a bug of ours must not orphan the task
-        import logging
+    arn, tid = watch.task_arn, task_id(watch.task_arn)
+    guard.on_second_signal = lambda: (
+        f"exiting now; StopTask was sent for task {tid}" if watch.stop_sent else
+        f"exiting now; task {tid} may still be running: stop it with: {stop_command(watch.cluster, arn)}")
+    ending: Optional[Verdict] = None
+    kind = "error"
+    with guard.hold():
+        watch.rehearse()  # a release replaced under a running job must never break its stop
+        try:
+            if interrupted_by is not None:
+                raise Interrupted(interrupted_by)
+            with guard.interruptible():
+                task = watch.until_stopped(deadline)
+        except Interrupted as interrupt:
+            name = signal.Signals(interrupt.signum).name
+            when = " during launch" if interrupted_by is not None else ""
+            ending, kind = Verdict(EXIT_FOR_SIGNAL[interrupt.signum], f"{name} received by the job runner{when}"), \
+                "interrupted"
+        except TimeoutExpired:
+            ending, kind = Verdict(EXIT_TIMEOUT, f"--timeout {timeout_text} expired"), "timeout"
+        except TaskMissing as missing:
+            attempt = watch.stop(str(missing), confirm=False)
+            verdict = judge_missing(str(missing), attempt, cluster=watch.cluster, task_arn=arn)
+            return Outcome(verdict.exit_code, "missing", verdict.message, watch.last_task)  # no stream to drain
+        except Exception as exc:  # a bug of ours must not orphan the task
+            import logging
 
-        logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
-        ending = (EXIT_ECS_FAILURE, "error", f"internal error while waiting ({type(exc).__name__}: "
-                  f"{one_line(exc)}; rerun with --debug for the traceback)")
-    # From here on a first signal only waits its turn; a second one still exits at once.
-    guard.deferring = True
-    if ending is None:
-        verdict = judge_stopped_task(task, counted_names)
-        outcome = Outcome(verdict.exit_code, "succeeded" if verdict.exit_code == 0 else "failed", verdict.message,
-                          task)
-    else:
-        exit_code, kind, why = ending
-        task = watch.stop_and_confirm(why)
-        state = (task or {}).get("lastStatus") or "state unknown"
-        outcome = Outcome(exit_code, kind, f"{why}; task {task_id(watch.task_arn)} was stopped ({state})", task)
-    if watch.follower is not None:
-        watch.follower.drain()  # the last lines, usually the error, come after the stop
-    return outcome
+            logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
+            ending = Verdict(EXIT_ECS_FAILURE, f"internal error while waiting ({type(exc).__name__}: "
+                             f"{one_line(exc)}; rerun with --debug for the traceback)")
+        if ending is None:
+            verdict = judge_stopped_task(task, counted_names)
+            outcome = Outcome(verdict.exit_code, verdict_kind(verdict, task), verdict.message, task)
+        else:
+            attempt = watch.stop(ending.message)
+            verdict, how = judge_after_stop(ending, attempt, counted_names, cluster=watch.cluster, task_arn=arn)
+            if how == "judged":
+                kind = verdict_kind(verdict, attempt.task or {})
+            elif how == "not-stopped":
+                kind = "not-stopped"
+            outcome = Outcome(verdict.exit_code, kind, verdict.message, dict(attempt.task) if attempt.task else None)
+        if watch.follower is not None:
+            try:
+                watch.follower.drain()  # the last lines, usually the error, come after the stop
+            except Exception as exc:  # the log is a courtesy: it never changes the verdict
+                progress(f"reading the last log lines failed: {type(exc).__name__}: {one_line(exc)}")
+        return outcome
 
 
 def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[[], Optional[LogFollower]]], *,
@@ -2234,7 +2531,22 @@ def wait_to_the_end(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], tas
                     timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
                     region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
                     missing_grace: float) -> None:
-    """The waiting half of `run`, shared with `wait`: follow, judge, report, exit."""
+    """The waiting half of `run`, shared with `wait`: follow, judge, report, exit.
+
+    Only supervise's wait can be interrupted: a signal before it (say, while the logs client is
+    built) is held and then ends the wait at once; one after it waits for the exit."""
+    with guard.hold():
+        wait_and_report(ecs, guard, cluster=cluster, task_arn=task_arn, definition=definition, counted=counted,
+                        timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=logs,
+                        as_json=as_json, region=region, profile=profile, interrupted_by=interrupted_by,
+                        missing_grace=missing_grace)
+
+
+def wait_and_report(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
+                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
+                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
+                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
+                    missing_grace: float) -> None:
     started = time.monotonic()
     watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=None, missing_grace=missing_grace)
     outcome = hand_off(watch, guard, (lambda: log_follower(definition, counted[0], task_arn, region=region,

@@ -5,7 +5,12 @@ Faults are rules matched against the operation named in the X-Amz-Target header:
 - drop: close the connection without an answer, before forwarding;
 - lose-answer: forward, let ECS act, then close the connection without the answer;
 - delay: wait `seconds`, then forward;
-- deny: answer 400 AccessDeniedException instead of forwarding.
+- deny: answer 400 AccessDeniedException instead of forwarding;
+- expired-token: answer 400 ExpiredTokenException instead of forwarding;
+- error500: answer 500 ServerException instead of forwarding (botocore retries it);
+- html: answer 200 with an HTML page instead of forwarding, as a captive portal or a broken
+  proxy does (botocore parses it as an empty answer);
+- omit-task: forward DescribeTasks, then answer without its tasks: each becomes a MISSING failure.
 A rule applies `times` times, or for `seconds` seconds of wall time when it has a window.
 With no upstream the proxy is a tripwire: it counts connections and answers none.
 """
@@ -27,12 +32,17 @@ ERRORS = {
     "throttle": ("ThrottlingException", "Rate exceeded"),
     "deny": ("AccessDeniedException", "User: arn:aws:sts::123456789012:assumed-role/batch-server/i-0abc "
              "is not authorized to perform: ecs:RunTask on resource: *"),
+    "expired-token": ("ExpiredTokenException", "The security token included in the request is expired"),
+    "error500": ("ServerException", "Service encountered an internal error"),
 }
+ERROR_STATUS = {"error500": 500}  # the others are 400
+HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>"
+             b"<body><h1>Please try again later</h1></body></html>\n")
 
 
 @dataclass
 class Fault:
-    action: str  # throttle | deny | drop | lose-answer | delay
+    action: str  # throttle | deny | expired-token | error500 | html | omit-task | drop | lose-answer | delay
     operation: Optional[str] = None  # None matches every operation
     times: Optional[int] = None  # how many requests it applies to; None: unlimited in its window
     window: Optional[float] = None  # seconds from when it was added
@@ -130,8 +140,11 @@ class FaultProxy:
             return
         if fault and fault.action in ERRORS:
             code, message = ERRORS[fault.action]
-            self._answer(handler, 400, {"Content-Type": "application/x-amz-json-1.1"},
+            self._answer(handler, ERROR_STATUS.get(fault.action, 400), {"Content-Type": "application/x-amz-json-1.1"},
                          json.dumps({"__type": code, "message": message}).encode())
+            return
+        if fault and fault.action == "html":
+            self._answer(handler, 200, {"Content-Type": "text/html"}, HTML_PAGE)
             return
         if fault and fault.action == "delay":
             time.sleep(fault.seconds)
@@ -151,7 +164,20 @@ class FaultProxy:
         if fault and fault.action == "lose-answer":
             self._hang_up(handler)
             return
+        if fault and fault.action == "omit-task" and response.status == 200:
+            payload = self._without_tasks(payload)
         self._answer(handler, response.status, answer_headers, payload)
+
+    @staticmethod
+    def _without_tasks(payload: bytes) -> bytes:
+        """A DescribeTasks answer in which every task found is a MISSING failure instead."""
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            return payload
+        missing = [{"arn": task.get("taskArn"), "reason": "MISSING"} for task in answer.get("tasks", [])]
+        answer["tasks"], answer["failures"] = [], answer.get("failures", []) + missing
+        return json.dumps(answer).encode()
 
     @staticmethod
     def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, headers: Dict[str, str],
