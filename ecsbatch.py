@@ -880,16 +880,17 @@ def cli_cluster_arg(cluster: Optional[str]) -> str:
     return f"--cluster {cluster} " if cluster else ""
 
 
-def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str]) -> Verdict:
+def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str], *, late_stop: bool = False) -> Verdict:
     """The whole success judgment for a STOPPED task, from its DescribeTasks entry.
 
     A task stopped by an operator with `ecsbatch stop` ends as a SIGTERM does (143): both of
     Hinemos's stop types must read as a deliberate stop. A task that failed to start, was stopped
     from outside otherwise, or whose counted container has no exit code is an ECS failure (125),
     never a success. Otherwise the first non-zero exit code among the counted containers, in
-    definition order, decides; sidecars never do.
+    definition order, decides; sidecars never do. With `late_stop`, the stopCode is a stop that
+    ECS recorded after the counted containers had exited, and the exit codes decide.
     """
-    stop_code = task.get("stopCode")
+    stop_code = None if late_stop else task.get("stopCode")
     containers = {c.get("name"): c for c in task.get("containers", [])}
     counted = [containers.get(name, {"name": name}) for name in counted_names]
     context = failure_context(task, counted)
@@ -897,7 +898,7 @@ def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str]) -> Ver
 
     if stop_code == "TaskFailedToStart":
         return Verdict(EXIT_ECS_FAILURE, f"task {tid} failed to start: {context}")
-    if is_operator_stop(task):
+    if is_operator_stop(task) and not late_stop:
         return Verdict(EXIT_SIGTERM, f"task {tid} was stopped by an operator with ecsbatch stop: {context}")
     if stop_code in EXTERNAL_STOP_CODES:
         return Verdict(EXIT_ECS_FAILURE, f"task {tid} was stopped before its job finished: {context}")
@@ -964,17 +965,16 @@ def exited_containers(task: Optional[Mapping[str, Any]], counted_names: List[str
     return all(isinstance(codes.get(name), int) and not isinstance(codes.get(name), bool) for name in counted_names)
 
 
-def ended_by_our_stop(task: Mapping[str, Any], attempt: StopAttempt, counted_names: List[str]) -> bool:
-    """Did ecsbatch's own StopTask end this STOPPED task?
+def recorded_our_stop(task: Mapping[str, Any], attempt: StopAttempt) -> bool:
+    """Did ECS record ecsbatch's own StopTask (UserInitiated with exactly the reason we sent)?"""
+    return task.get("stopCode") == "UserInitiated" and \
+        one_line(task.get("stoppedReason") or "") == one_line(attempt.reason)
 
-    Only if ECS recorded our stop (UserInitiated with exactly the reason we sent) and the counted
-    containers had not already exited when it took effect. A task that stopped on its own in the
-    moment a timeout or a signal fired has its own stopCode, or its exit codes in StopTask's answer.
-    """
-    if task.get("stopCode") != "UserInitiated" or \
-            one_line(task.get("stoppedReason") or "") != one_line(attempt.reason):
-        return False
-    return not (exited_containers(attempt.before, counted_names) or exited_containers(attempt.at_stop, counted_names))
+
+def exited_before_our_stop(attempt: StopAttempt, counted_names: List[str]) -> bool:
+    """Had the counted containers exited before our stop took effect: in the last poll before it,
+    or in StopTask's own answer? ECS may still record the stop, which came too late to matter."""
+    return exited_containers(attempt.before, counted_names) or exited_containers(attempt.at_stop, counted_names)
 
 
 def stop_command(cluster: Optional[str], task_arn: str) -> str:
@@ -996,9 +996,10 @@ def judge_after_stop(ending: Verdict, attempt: StopAttempt, counted_names: List[
     task = attempt.task or {}
     status = task.get("lastStatus")
     if status == "STOPPED":
-        if ended_by_our_stop(task, attempt, counted_names):
+        ours, early = recorded_our_stop(task, attempt), exited_before_our_stop(attempt, counted_names)
+        if ours and not early:
             return Verdict(ending.exit_code, f"{ending.message}; task {tid} was stopped (STOPPED)"), "stopped"
-        verdict = judge_stopped_task(task, counted_names)
+        verdict = judge_stopped_task(task, counted_names, late_stop=ours)
         return Verdict(verdict.exit_code, f"{verdict.message} (it stopped before ecsbatch's StopTask took effect: "
                        f"{ending.message})"), "judged"
     state = status or "state unknown"

@@ -1,0 +1,141 @@
+"""Signals: SIGHUP and SIGQUIT stop the task like SIGTERM does, `nohup` keeps SIGHUP ignored, and
+the SignalGuard's hold, deferred and interruptible blocks do what they say."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import FAST_POLL, Plan, Running, ecsbatch_command
+from ecsbatch import EXIT_FOR_SIGNAL, Interrupted, SignalGuard
+
+
+@pytest.mark.parametrize("signum, expected", [(signal.SIGHUP, 129), (signal.SIGQUIT, 131)])
+def test_sighup_and_sigquit_stop_the_task_first(job, signum, expected):
+    running = job.start(plan=Plan(running=60))
+    running.wait_for("RUNNING")
+    running.signal(signum)
+    result = running.finish()
+    assert result.code == expected == EXIT_FOR_SIGNAL[signum], result
+    task = job.only_task()
+    assert task.last_status == "STOPPED"
+    name = signal.Signals(signum).name
+    assert f"{name} received by the job runner" in task.stopped_reason
+    assert f"{name} received by the job runner; task" in result.error_lines[-1]
+    assert "was stopped (STOPPED)" in result.error_lines[-1]
+
+
+def test_a_second_signal_exits_at_once_with_the_first_ones_code(job):
+    running = job.start(plan=Plan(running=60, stop_delay=30))
+    running.wait_for("RUNNING")
+    running.signal(signal.SIGHUP)
+    running.wait_for("stopping task")
+    time.sleep(0.3)
+    running.signal(signal.SIGQUIT)
+    result = running.finish(timeout=10)
+    assert result.code == 129, result
+    assert "second SIGQUIT: exiting now; StopTask was sent for task" in result.stderr
+
+
+class Nohup(Running):
+    """`nohup ecsbatch run …`: nohup ignores SIGHUP, then execs ecsbatch in the same process."""
+
+    def __init__(self, args, env) -> None:
+        self.process = subprocess.Popen(["nohup"] + ecsbatch_command() + args, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        self.lines, self.stdout = [], ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+
+def test_under_nohup_sighup_stays_ignored(job):
+    job.ecs.plans.append(Plan(running=3.0, exit_code=3))
+    running = Nohup(["run", "-f", str(job.run_file)] + FAST_POLL, job.env)
+    running.wait_for("RUNNING")
+    running.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    running.signal(signal.SIGHUP)
+    result = running.finish()
+    assert result.code == 3, result
+    assert "SIGHUP" not in result.stderr
+    assert job.only_task().stop_code == "EssentialContainerExited", "nothing stopped the job"
+
+
+def test_under_nohup_sigterm_still_stops_the_task(job):
+    job.ecs.plans.append(Plan(running=60))
+    running = Nohup(["run", "-f", str(job.run_file)] + FAST_POLL, job.env)
+    running.wait_for("RUNNING")
+    running.signal(signal.SIGTERM)
+    result = running.finish()
+    assert result.code == 143, result
+    assert job.only_task().last_status == "STOPPED"
+
+
+# --- the guard itself, with real signals to this process -------------------------------------
+
+
+@pytest.fixture
+def guard():
+    saved = {signum: signal.getsignal(signum) for signum in EXIT_FOR_SIGNAL}
+    guard = SignalGuard()
+    yield guard
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def deliver(signum: int) -> None:
+    signal.raise_signal(signum)  # runs the handler before the next line
+
+
+def test_a_signal_raises_where_the_main_thread_is(guard):
+    guard.install()
+    with pytest.raises(Interrupted) as interrupt:
+        deliver(signal.SIGQUIT)
+    assert interrupt.value.signum == signal.SIGQUIT and guard.received == signal.SIGQUIT
+
+
+def test_hold_records_a_signal_and_raises_nothing(guard):
+    guard.install()
+    with guard.hold():
+        deliver(signal.SIGHUP)
+        assert guard.holding and guard.deferring
+    assert guard.received == signal.SIGHUP and not guard.holding
+
+
+def test_deferred_raises_the_held_signal_when_the_block_ends(guard):
+    guard.install()
+    reached = False
+    with pytest.raises(Interrupted):
+        with guard.deferred():
+            deliver(signal.SIGTERM)
+            reached = True
+    assert reached
+
+
+def test_interruptible_raises_a_held_signal_at_once_and_new_ones_inside(guard):
+    guard.install()
+    with guard.hold():
+        deliver(signal.SIGINT)
+        with pytest.raises(Interrupted):
+            with guard.interruptible():
+                pytest.fail("a held signal must end the wait before it begins")
+        assert guard.holding, "back to holding after the interruptible block"
+    fresh = SignalGuard()
+    fresh.install()
+    with fresh.hold():
+        with pytest.raises(Interrupted):
+            with fresh.interruptible():
+                deliver(signal.SIGTERM)
+        assert fresh.holding
+
+
+def test_a_sighup_ignored_at_start_stays_ignored(guard):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    guard.install()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    assert guard.ignored == [signal.SIGHUP]
+    assert signal.getsignal(signal.SIGQUIT) == guard._handle
