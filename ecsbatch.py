@@ -2050,8 +2050,9 @@ class Watch:
         progress(f"stopping task {tid}: {why}")
         try:
             at_stop = stop_task(self.ecs, self.cluster, self.task_arn, reason)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            error = aws_error_text(exc)
+        except Exception as exc:  # whatever kept it from going out, the verdict must say so
+            known = isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
+            error = aws_error_text(exc) if known else f"{type(exc).__name__}: {one_line(exc)}"
             progress(f"StopTask failed: {error}")
             return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
         self.stop_sent = True
@@ -2061,7 +2062,7 @@ class Watch:
         self.poll_interval = min(self.poll_interval, STOP_CONFIRM_POLL)
         try:
             task: Optional[Dict[str, Any]] = self.until_stopped(deadline)
-        except (TimeoutExpired, TaskMissing):
+        except Exception:  # TimeoutExpired, TaskMissing, or worse: ECS accepted the stop all the same
             progress(f"task {tid} is still {self.last_status} after {format_duration(STOP_CONFIRM_SECONDS)}; "
                      "ECS is stopping it")
             task = self.last_task
@@ -2069,11 +2070,9 @@ class Watch:
 
     def _look_once(self) -> Optional[Dict[str, Any]]:
         """After a failed StopTask: how the task is now, if ECS says (it may have stopped anyway)."""
-        import botocore.exceptions
-
         try:
             task, _ = describe_task(self.ecs, self.cluster, self.task_arn)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        except Exception:  # as little as can be said is all that is said
             return self.last_task
         if task is not None:
             self.last_task, self.last_status = task, task.get("lastStatus")
