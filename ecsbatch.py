@@ -1961,6 +1961,7 @@ class Watch:
         self.missing_answers = 0
         self.no_word = False
         self.stop_sent = False
+        self.polled = False
 
     def rehearse(self) -> None:
         """Load now everything a stop needs (see rehearse_stop); a failure here never ends the job."""
@@ -2025,6 +2026,8 @@ class Watch:
     def until_stopped(self, deadline: Optional[float]) -> Dict[str, Any]:
         """Poll until STOPPED. Raises TimeoutExpired at the deadline, TaskMissing if it vanished."""
         delay = next_poll_delay(self.poll_interval, self.rng, first=True)
+        if not self.polled:  # the first poll of all counts from the watch's start, not from the rehearsal
+            delay = max(0.0, self.started + delay - self.clock())
         while True:
             if deadline is not None:
                 if self.clock() >= deadline:
@@ -2034,6 +2037,7 @@ class Watch:
             if deadline is not None and self.clock() >= deadline:
                 raise TimeoutExpired()
             task = self.poll()
+            self.polled = True
             if self.follower is not None:
                 self.follower.poll()
             if task is not None and task.get("lastStatus") == "STOPPED":
@@ -2056,6 +2060,10 @@ class Watch:
             progress(f"StopTask failed: {error}")
             return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
         self.stop_sent = True
+        if at_stop is None:  # ECS always answers with the task: this came from something else
+            error = f"StopTask got {NO_WORD_ON_TASK}"
+            progress(f"StopTask failed: {error}")
+            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
         if not confirm:
             return StopAttempt(reason, True, None, before, at_stop, self.last_task)
         deadline = self.clock() + STOP_CONFIRM_SECONDS

@@ -296,7 +296,7 @@ def test_a_job_that_finished_in_the_last_poll_interval_before_the_timeout_keeps_
     assert "was stopped" not in last_line(result)
 
 
-@pytest.mark.parametrize("fault", ["deny", "error500", "expired-token"])
+@pytest.mark.parametrize("fault", ["deny", "error500", "expired-token", "html"])
 def test_a_stop_that_keeps_failing_is_never_called_a_stop(job, proxy, fault):
     running = job.start(plan=Plan(running=60), env=through(job, proxy, AWS_MAX_ATTEMPTS="2"))
     running.wait_for("RUNNING")
