@@ -139,3 +139,40 @@ def test_a_sighup_ignored_at_start_stays_ignored(guard):
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     assert guard.ignored == [signal.SIGHUP]
     assert signal.getsignal(signal.SIGQUIT) == guard._handle
+
+
+class StubEcs:
+    """Just enough of an ECS client for supervise: StopTask is recorded, and the task then reads
+    STOPPED with the reason that was sent."""
+
+    ARN = "arn:aws:ecs:ap-northeast-1:123456789012:task/batch/0123456789abcdef"
+
+    def __init__(self) -> None:
+        self.stops = []
+
+    def describe_tasks(self, **kwargs):
+        task = {"taskArn": self.ARN, "lastStatus": "RUNNING", "desiredStatus": "RUNNING",
+                "containers": [{"name": "app", "lastStatus": "RUNNING"}]}
+        if self.stops:
+            task.update(lastStatus="STOPPED", desiredStatus="STOPPED", stopCode="UserInitiated",
+                        stoppedReason=self.stops[-1]["reason"],
+                        containers=[{"name": "app", "lastStatus": "STOPPED", "exitCode": 143}])
+        return {"tasks": [task], "failures": []}
+
+    def stop_task(self, **kwargs):
+        self.stops.append(kwargs)
+        return {"task": {"taskArn": self.ARN, "lastStatus": "RUNNING", "desiredStatus": "STOPPED"}}
+
+
+def test_a_signal_held_before_the_wait_ends_it_at_once_and_stops_the_task(guard):
+    from ecsbatch import Watch, supervise
+
+    ecs = StubEcs()
+    guard.install()
+    with guard.hold():  # as while `run` builds the logs client after the launch line
+        deliver(signal.SIGTERM)
+        watch = Watch(ecs, "batch", StubEcs.ARN, poll_interval=0.05)
+        outcome = supervise(watch, guard, counted_names=["app"], timeout=None, timeout_text="")
+    assert outcome.exit_code == 143 and outcome.kind == "interrupted", outcome
+    assert [stop["reason"] for stop in ecs.stops] == ["ecsbatch: SIGTERM received by the job runner"]
+    assert outcome.message.endswith("was stopped (STOPPED)")

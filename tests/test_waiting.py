@@ -353,6 +353,25 @@ def test_a_task_missing_for_good_ends_the_wait_and_is_stopped_just_in_case(job, 
 
 # --- a release pruned under a running job -------------------------------------------------------
 
+
+def test_the_rehearsal_sends_nothing_and_leaves_every_real_call_alone(tripwire):
+    import botocore.config
+    import botocore.exceptions
+    import botocore.session
+
+    def client(service):
+        return botocore.session.get_session().create_client(
+            service, region_name="ap-northeast-1", endpoint_url=tripwire.url, aws_access_key_id="testing",
+            aws_secret_access_key="testing", config=botocore.config.Config(retries={"total_max_attempts": 1}))
+
+    ecs = client("ecs")
+    ecsbatch.rehearse_stop(ecs, "batch", client("logs"))
+    assert tripwire.connections == 0
+    with pytest.raises(botocore.exceptions.BotoCoreError):  # the tripwire hangs up: the call went out
+        ecs.stop_task(cluster="batch", task="0123456789abcdef", reason="real")
+    assert tripwire.connections >= 1
+
+
 AWSLOGS_APP = dict(APP, logConfiguration={"logDriver": "awslogs", "options": {
     "awslogs-group": "/ecs/pruned", "awslogs-region": "ap-northeast-1", "awslogs-stream-prefix": "batch"}})
 
