@@ -1666,7 +1666,18 @@ class SignalGuard:
     def holding(self) -> bool:
         return bool(self._modes) and self._modes[-1]
 
-    deferring = holding  # the older name, read-only
+    @property
+    def deferring(self) -> bool:
+        """The older name of `holding`, still set by the launch path's botocore hooks."""
+        return self.holding
+
+    @deferring.setter
+    def deferring(self, value: bool) -> None:
+        """Set the innermost block's mode; outside every block, True holds from now on."""
+        if self._modes:
+            self._modes[-1] = bool(value)
+        elif value:
+            self._modes.append(True)
 
     def install(self) -> None:
         for signum in EXIT_FOR_SIGNAL:

@@ -262,10 +262,11 @@ def last_line(result) -> str:
     return result.error_lines[-1]
 
 
-def test_ecsbatch_stop_makes_the_runner_exit_143(job):
+def test_ecsbatch_stop_from_another_machine_makes_the_runner_exit_143(job):
+    # By task, as from another machine: no runner of this machine is signalled, only ECS is told.
     running = job.start("--job-key", "nightly/42", plan=Plan(running=60))
     running.wait_for("RUNNING")
-    stop = run_cli(["stop", "--cluster", job.cluster, "--job-key", "nightly/42", "--reason", "rerun after the fix"],
+    stop = run_cli(["stop", "--cluster", job.cluster, job.only_task().task_arn, "--reason", "rerun after the fix"],
                    job.env)
     assert stop.code == 0, stop
     result = running.finish()
@@ -273,6 +274,19 @@ def test_ecsbatch_stop_makes_the_runner_exit_143(job):
     assert "stopped by an operator with ecsbatch stop" in last_line(result)
     assert "rerun after the fix" in last_line(result)
     assert job.ecs.calls("StopTask")[-1]["params"]["reason"].startswith("ecsbatch stop:")
+
+
+def test_ecsbatch_stop_by_job_key_makes_the_runner_exit_143(job):
+    # stop --job-key also signals this machine's runner of the key: whichever stop ECS records
+    # first, the runner's own or the operator's, the end is 143 and the task is STOPPED.
+    running = job.start("--job-key", "nightly/43", plan=Plan(running=60))
+    running.wait_for("RUNNING")
+    stop = run_cli(["stop", "--cluster", job.cluster, "--job-key", "nightly/43"], job.env)
+    assert stop.code == 0, stop
+    result = running.finish()
+    assert result.code == 143, result
+    assert job.only_task().last_status == "STOPPED"
+    assert "ecsbatch stop" in last_line(result) or "SIGTERM received by the job runner" in last_line(result)
 
 
 def test_a_stop_from_elsewhere_stays_125(job):
