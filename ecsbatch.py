@@ -19,6 +19,7 @@ import collections
 import contextlib
 import copy
 import datetime
+import io
 import json
 import os
 import random
@@ -112,6 +113,23 @@ LOG_DRAIN_LIMIT_SECONDS = 30.0
 LOG_DRAIN_POLL = 0.5
 LOG_TAIL_LINES = 10  # shown again under the failure line
 DESCRIBE_TASKS_BATCH = 100  # DescribeTasks' limit per call
+# What a scheduler keeps of a job's output. The Hinemos agent keeps the FIRST job.message.length
+# bytes (default 1,024) of stdout and, separately, of stderr; its manager stores
+# "[yyyy/MM/dd HH:mm:ss] stdout=..., stderr=..." and cuts the whole to job_message_max_length
+# characters (default 2,048, twice the agent's). -q/--quiet writes within these by construction.
+DEFAULT_OUTPUT_LIMIT = 1024
+MIN_OUTPUT_LIMIT = 256  # room for the exit code, the task id and the stopCode on two lines
+MANAGER_MESSAGE_OVERHEAD = len("[yyyy/MM/dd HH:mm:ss] stdout=, stderr=")
+# The one line on stdout under --quiet that a scheduler can match, e.g. Hinemos's job variable
+# from stdout: `ecsbatch-result: task=ID exit=N from=container|ecsbatch`. Documented; keep stable.
+RESULT_LINE_PREFIX = "ecsbatch-result:"
+SHORTENED = "..."  # marks text cut out of a line; ASCII, so any output encoding can write it
+# Progress lines of `run` and `wait` also go to the system log where this socket exists, so that
+# `journalctl -t ecsbatch` shows what --quiet withholds. ECSBATCH_SYSLOG_SOCKET overrides it
+# ("" turns it off).
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_IDENTIFIER = "ecsbatch"
+SYSLOG_MESSAGE_LIMIT = 4096
 DEFAULT_STOP_TIMEOUT = "2m"
 # Input limits. ECS forgets a stopped task after about an hour, so a poll interval must leave
 # several polls in that hour; a timeout longer than a year is a typo, not a bound.
@@ -787,7 +805,8 @@ def container_log_source(task_definition: Mapping[str, Any], container: str,
         return None, f"container {container} has no log configuration; its output is not kept"
     destination = options.get("Host") or options.get("fluentd-address") or options.get("Name")
     return None, (f"container {container} sends its logs through {driver}"
-                  f"{' to ' + destination if destination else ''}; ecsbatch does not stream them")
+                  f"{' to ' + destination if destination else ''}; ecsbatch does not stream them: "
+                  f"search there for task {task_id(task_arn)}")
 
 
 def status_rows(tasks: List[Mapping[str, Any]]) -> List[Dict[str, str]]:
@@ -1084,7 +1103,161 @@ def task_summary(
     }
     if failures:
         summary["failures"] = list(failures)
+    summary["exitCodeFrom"] = "ecsbatch" if code_owner(task, counted_names, exit_code, outcome) is None else "container"
     return summary
+
+
+def code_owner(task: Optional[Mapping[str, Any]], counted_names: List[str], exit_code: int,
+               outcome: str) -> Optional[str]:
+    """The counted container(s) whose own exit code `exit_code` is, or None when it is ecsbatch's.
+
+    Only a task that stopped by itself and was judged by its containers passes its code on: a
+    container that itself exits 2, 124, 125 or 143 is told apart from ecsbatch's codes here.
+    """
+    if outcome not in ("succeeded", "failed") or not task or task.get("lastStatus") != "STOPPED":
+        return None
+    if task.get("stopCode") in EXTERNAL_STOP_CODES or task.get("stopCode") == "TaskFailedToStart":
+        return None
+    containers = {c.get("name"): c for c in task.get("containers", [])}
+    codes = [(name, containers.get(name, {}).get("exitCode")) for name in counted_names]
+    if not codes or any(not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255
+                        for _, code in codes):
+        return None
+    failed = [(name, code) for name, code in codes if code != 0]
+    if failed:
+        return failed[0][0] if failed[0][1] == exit_code else None
+    return ", ".join(name for name, _ in codes) if exit_code == 0 else None
+
+
+def result_line(task_arn: Optional[str], exit_code: int, owner: Optional[str]) -> str:
+    """The stable line for schedulers: `ecsbatch-result: task=ID exit=N from=container|ecsbatch`."""
+    return (f"{RESULT_LINE_PREFIX} task={task_id(task_arn) if task_arn else '-'} exit={exit_code} "
+            f"from={'ecsbatch' if owner is None else 'container'}")
+
+
+# How a part of a line fares when the line must fit a byte budget: by the issue's priority, the
+# exit code, whose it is, the task id and the stopCode are kept whole; a reason is shortened in
+# the middle; advice is dropped first.
+KEEP, SHORTEN, DROP = "keep", "shorten", "drop"
+
+
+def encoded_size(text: str, encoding: str = "utf-8") -> int:
+    """Bytes that `text` takes on a stream with this encoding and errors="replace"."""
+    return len(text.encode(encoding, errors="replace"))
+
+
+def _longest_prefix(text: str, budget: int, encoding: str) -> str:
+    size = 0
+    for index, char in enumerate(text[: max(0, budget)]):  # a character takes at least one byte
+        size += encoded_size(char, encoding)
+        if size > budget:
+            return text[:index]
+    return text[: max(0, budget)]
+
+
+def _longest_suffix(text: str, budget: int, encoding: str) -> str:
+    return _longest_prefix(text[::-1], budget, encoding)[::-1]
+
+
+def shorten_middle(text: str, budget: int, encoding: str = "utf-8") -> str:
+    """`text` in at most `budget` bytes: its start and its end, with "..." for what was cut."""
+    if encoded_size(text, encoding) <= budget:
+        return text
+    room = budget - len(SHORTENED)
+    if room <= 0:
+        return ""
+    head = _longest_prefix(text, room - room // 2, encoding)
+    tail = _longest_suffix(text, room - encoded_size(head, encoding), encoding)
+    return head + SHORTENED + tail
+
+
+def fit_parts(parts: List[Tuple[str, str]], budget: int, encoding: str = "utf-8") -> str:
+    """Join (how, text) parts into one line of at most `budget` bytes, cutting by priority.
+
+    DROP parts go first, the last one first; then SHORTEN parts are shortened in the middle
+    (and left out when too little of them would be left); KEEP parts are never cut, so the
+    caller gives a budget that holds them.
+    """
+    parts = list(parts)
+
+    def size() -> int:
+        return sum(encoded_size(text, encoding) for _, text in parts)
+
+    for index in reversed(range(len(parts))):
+        if size() <= budget:
+            break
+        if parts[index][0] == DROP:
+            parts[index] = (DROP, "")
+    for index in reversed(range(len(parts))):
+        if size() <= budget:
+            break
+        how, text = parts[index]
+        if how == SHORTEN:
+            room = budget - (size() - encoded_size(text, encoding))
+            shortened = shorten_middle(text, room, encoding)
+            parts[index] = (how, shortened if encoded_size(shortened, encoding) >= 2 * len(SHORTENED) + 8 else "")
+    return "".join(text for _, text in parts)
+
+
+def tail_that_fits(lines: List[str], budget: int, encoding: str = "utf-8") -> List[str]:
+    """The last lines that fit in `budget` bytes, one newline each. If not even the last one
+    fits, its end, after "...": the error is usually at the end of the log and of its line."""
+    kept: List[str] = []
+    used = 0
+    for line in reversed(lines):
+        size = encoded_size(line, encoding) + 1
+        if used + size > budget:
+            room = budget - used - 1 - len(SHORTENED)
+            if not kept and room > 0:
+                kept.append(SHORTENED + _longest_suffix(line, room, encoding))
+            break
+        kept.append(line)
+        used += size
+    return kept[::-1]
+
+
+def stdout_budget(limit: int, stderr_used: int) -> int:
+    """What stdout may hold under --quiet: the agent's limit, and with stderr together, what the
+    manager's cut to twice that limit keeps, so the verdict on stderr is never cut off there."""
+    return max(0, min(limit, 2 * limit - MANAGER_MESSAGE_OVERHEAD - stderr_used))
+
+
+def kept_line_budget(limit: int) -> int:
+    """At most this much for one line before the verdict (the launch line, a notice)."""
+    return max(limit // 4, 64)
+
+
+def verdict_reserve(limit: int) -> int:
+    """What lines before the verdict always leave for it: the exit code, whose it is, the task
+    id and the stopCode fit in 192 bytes whatever the names (see verdict_parts)."""
+    return max(limit // 2, 192)
+
+
+def verdict_parts(exit_code: int, owner: Optional[str], task_arn: Optional[str], stop_code: Optional[str],
+                  message: str, advice: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The verdict under --quiet, by priority: the exit code and whose it is; the task id; the
+    stopCode; the reason (Outcome.message, without the task id it repeats); advice."""
+    whose = "ecsbatch" if owner is None else f"container {shorten_middle(owner, 40)}"
+    parts = [(KEEP, f"ecsbatch: exit {exit_code} from {whose}")]
+    tid = task_id(task_arn) if task_arn else None
+    if tid:
+        parts.append((KEEP, f", task {shorten_middle(tid, 48)}"))
+    if stop_code:
+        parts.append((KEEP, f", stopCode {shorten_middle(stop_code, 32)}"))
+    reason = message[len(f"task {tid} "):] if tid and message.startswith(f"task {tid} ") else message
+    reason = reason.replace(f"stopCode={stop_code}; ", "") if stop_code else reason
+    parts.append((SHORTEN, f": {reason}"))
+    if advice:
+        parts.append((DROP, f"; {advice}"))
+    return parts
+
+
+def task_line_parts(verb: str, task_arn: str, label: str, counted: List[str], cluster: Optional[str],
+                    state: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The launch (or attach) line under --quiet: the task id first, the reattach advice last."""
+    details = f" ({label}, cluster {cluster or 'default'}, counting {', '.join(counted)}{', ' + state if state else ''})"
+    return [(KEEP, f"ecsbatch: {verb} task {task_id(task_arn)}"), (SHORTEN, details),
+            (DROP, f"; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_id(task_arn)}")]
 
 
 def normalized_definition(definition: Mapping[str, Any], fields: List[str]) -> Dict[str, Any]:
@@ -1208,10 +1381,14 @@ def redact_debug_text(text: str, secrets: Any = ()) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def progress(message: str) -> None:
-    """One timestamped line on stderr; Hinemos keeps it as the job's output."""
-    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    click.echo(f"{stamp} ecsbatch: {message}", err=True)
+def progress(message: str, *, kept: bool = False, last: bool = False) -> None:
+    """One timestamped line on stderr, and in the system log for `run` and `wait`.
+
+    Under --quiet only `kept` lines reach stderr, within the output limit and shortened to fit
+    (a notice that must survive, such as a task that could not be stopped); `last` marks a line
+    after which no verdict comes, which may use the room kept for the verdict.
+    """
+    OUTPUT.progress(message, kept=kept or last, last=last)
 
 
 def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
@@ -1638,6 +1815,242 @@ def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], 
 # ---------------------------------------------------------------------------------------------
 
 
+class SilencingWriter(io.BufferedIOBase):
+    """The bytes under sys.stdout or sys.stderr. A write that fails (the reader went away, a
+    full disk, a closed descriptor) silences this stream for good and tells `on_silenced`; it
+    never raises, so output can never end a job, stop its task or change its exit code."""
+
+    def __init__(self, fd: int, name: str, on_silenced: Callable[[str, str], None]) -> None:
+        super().__init__()
+        self.fd, self.name, self.on_silenced = fd, name, on_silenced
+        self.silenced: Optional[str] = None
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        try:
+            return os.isatty(self.fd)
+        except OSError:
+            return False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self.silenced is not None:
+            return size
+        try:
+            while view:
+                try:
+                    view = view[os.write(self.fd, view):]
+                except BlockingIOError:  # a descriptor some parent left non-blocking
+                    import select
+
+                    select.select([], [self.fd], [], 1.0)
+        except OSError as exc:
+            import errno
+
+            self.silenced = "was closed" if exc.errno == errno.EPIPE else f"failed ({exc.strerror or exc})"
+            self.on_silenced(self.name, self.silenced)
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
+def install_safe_streams() -> None:
+    """Put stdout and stderr on SilencingWriters, with their encodings and errors="replace":
+    a character the encoding cannot write (an emoji under EUC-JP, a lone surrogate) becomes "?"."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd, encoding = stream.fileno(), stream.encoding
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            continue  # no such stream (closed at start), or not a real file: leave it alone
+        writer = SilencingWriter(fd, name, OUTPUT.stream_silenced)
+        setattr(sys, name, io.TextIOWrapper(writer, encoding=encoding, errors="replace", write_through=True))
+
+
+class SystemLog:
+    """Lines to syslog (RFC 3164 framing, facility user) on a Unix datagram socket, never blocking
+    and never failing: without a socket, or when the log is busy, a line is simply not logged."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.socket.connect(path)
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+
+    def send(self, message: str, severity: int = 6) -> None:
+        data = f"<{8 + severity}>{SYSLOG_IDENTIFIER}[{os.getpid()}]: {one_line(message)}"
+        try:
+            self.socket.send(data.encode("utf-8", errors="replace")[:SYSLOG_MESSAGE_LIMIT])
+        except OSError:
+            pass
+
+
+class Reporter:
+    """Everything `run` and `wait` say: progress, the task line, the verdict, the result line.
+
+    Without --quiet, progress and the verdict go to stderr as they happen and the container's
+    log lines to stdout. With --quiet, stderr holds only the task line, kept notices and the
+    verdict, and stdout only the result line and the log tail, each within --output-limit bytes
+    and, together, within the manager's cut (see stdout_budget); the journal gets everything.
+    """
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.limit = DEFAULT_OUTPUT_LIMIT
+        self.as_json = False
+        self.json_emitted = False
+        self.result_written = False
+        self.stderr_used = 0
+        self.task_arn: Optional[str] = None
+        self.syslog: Optional[SystemLog] = None
+
+    def use_syslog(self) -> None:
+        path = os.environ.get("ECSBATCH_SYSLOG_SOCKET", SYSLOG_SOCKET)
+        if self.syslog is None and path and os.path.exists(path):
+            with contextlib.suppress(OSError):
+                self.syslog = SystemLog(path)
+
+    def encoding(self, stream: Any) -> str:
+        return getattr(stream, "encoding", None) or "utf-8"
+
+    def progress(self, message: str, *, kept: bool = False, last: bool = False) -> None:
+        if self.syslog is not None:
+            self.syslog.send(message)
+        if not self.quiet:
+            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            click.echo(f"{stamp} ecsbatch: {message}", err=True)
+        elif kept:
+            self.kept([(KEEP, "ecsbatch: "), (SHORTEN, message)], last=last)
+
+    def kept(self, parts: List[Tuple[str, str]], *, last: bool = False) -> None:
+        """A line before the verdict, under --quiet: left out when its KEEP parts do not fit."""
+        room = self.limit - self.stderr_used - (0 if last else verdict_reserve(self.limit))
+        budget = min(room, self.limit if last else kept_line_budget(self.limit)) - 1
+        line = fit_parts(parts, budget, self.encoding(sys.stderr))
+        if 0 < encoded_size(line, self.encoding(sys.stderr)) <= budget:
+            self.err_line(line)
+
+    def last_words(self, message: str) -> bytes:
+        """The bytes of a line written straight to fd 2 just before os._exit (no verdict follows):
+        timestamped, or under --quiet fitted into what is left of the limit."""
+        if self.syslog is not None:
+            self.syslog.send(message, 3)
+        encoding = self.encoding(sys.stderr)
+        if self.quiet:
+            line = fit_parts([(KEEP, "ecsbatch: "), (SHORTEN, message)], self.limit - self.stderr_used - 1, encoding)
+        else:
+            line = f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')} ecsbatch: {message}"
+        return (line + "\n").encode(encoding, "replace")
+
+    def err_line(self, line: str) -> None:
+        self.stderr_used += encoded_size(line, self.encoding(sys.stderr)) + 1
+        click.echo(line, err=True)
+
+    def task_line(self, verb: str, task_arn: str, label: str, counted: List[str], cluster: Optional[str],
+                  state: Optional[str] = None) -> None:
+        """`launched task …` or `attached to task …`: the line that names the task at once."""
+        self.task_arn = task_arn
+        if self.quiet:
+            if self.syslog is not None:
+                self.syslog.send(f"{verb} task {task_arn} ({label}, counting {', '.join(counted)})")
+            self.kept(task_line_parts(verb, task_arn, label, counted, cluster, state))
+        else:
+            self.progress(f"{verb} task {task_arn} ({label}, counting {', '.join(counted)})"
+                          + (f", {state}" if state else "")
+                          + (f"; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}" if verb == "launched" else ""))
+
+    def verdict(self, exit_code: int, owner: Optional[str], task: Optional[Mapping[str, Any]],
+                task_arn: Optional[str], message: str, advice: Optional[str]) -> None:
+        """The last word on stderr: Outcome.message, or under --quiet its budgeted form."""
+        if not self.quiet:
+            self.progress(message)
+            return
+        if self.syslog is not None:
+            self.syslog.send(message, severity=6 if exit_code == 0 else 3)
+        stop_code = (task or {}).get("stopCode")
+        parts = verdict_parts(exit_code, owner, task_arn, stop_code, message, advice)
+        self.err_line(fit_parts(parts, self.limit - self.stderr_used - 1, self.encoding(sys.stderr)))
+
+    def error(self, line: str, *, leave: int = 0) -> None:
+        """An `ecsbatch: error: …` line; under --quiet, shortened to what is left of the limit
+        (less `leave`, for a line to come)."""
+        if self.syslog is not None:
+            self.syslog.send(line, severity=3)
+        if not self.quiet:
+            click.echo(line, err=True)
+            return
+        prefix = "ecsbatch: error: " if line.startswith("ecsbatch: error: ") else ""
+        parts = [(KEEP, prefix), (SHORTEN, line[len(prefix):])]
+        self.err_line(fit_parts(parts, max(self.limit - self.stderr_used - leave, 64) - 1, self.encoding(sys.stderr)))
+
+    def quiet_stdout(self, exit_code: int, owner: Optional[str], tail: List[str], note: Optional[str]) -> None:
+        """Under --quiet, the end of the job on stdout: the result line first (a regex finds the
+        first match), then the log's last lines that fit, or where the logs went."""
+        if self.result_written:
+            return
+        self.result_written = True
+        encoding = self.encoding(sys.stdout)
+        budget = stdout_budget(self.limit, self.stderr_used)
+        first = result_line(self.task_arn, exit_code, owner)
+        budget -= encoded_size(first, encoding) + 1
+        lines = [first]
+        if note:
+            lines.append(shorten_middle(f"ecsbatch: {note}", max(budget - 1, 0), encoding))
+        elif tail:
+            lines += tail_that_fits(tail, budget, encoding)
+        for line in lines:
+            if line:
+                click.echo(line)
+
+    def emit_json(self, summary: Mapping[str, Any], tail: List[str]) -> None:
+        """--json: one object on stdout; under --quiet its log tail is cut to fit the limit."""
+        self.json_emitted = True
+        summary = dict(summary, logTail=list(tail))
+        if self.quiet:
+            budget = stdout_budget(self.limit, self.stderr_used) - 1
+            encoding = self.encoding(sys.stdout)
+            kept = tail_that_fits(tail, budget, encoding)
+            while kept and encoded_size(json.dumps(dict(summary, logTail=kept), default=str), encoding) > budget:
+                kept = kept[1:]
+            summary["logTail"] = kept
+        click.echo(json.dumps(summary, default=str))
+
+    def failed(self, exit_code: int, outcome: str, line: str, message: str, stopped: Optional[str], *,
+               as_json: bool, quiet: bool) -> None:
+        """main()'s ending for an error: the line on stderr (and what became of the task), and the
+        JSON object or the result line that --json or --quiet promise, unless already written."""
+        self.quiet = self.quiet or quiet
+        self.error(line, leave=(self.limit - self.stderr_used) // 2 if stopped else 0)
+        if stopped:
+            self.error(f"ecsbatch: {stopped}")
+        if as_json or self.as_json:
+            if not self.json_emitted:
+                self.emit_json(task_summary(None, task_arn=self.task_arn, counted_names=[], exit_code=exit_code,
+                                            outcome=outcome, message=f"{message}; {stopped}" if stopped else message,
+                                            elapsed=0.0), [])
+        elif self.quiet:
+            self.quiet_stdout(exit_code, None, [], None)
+
+    def stream_silenced(self, name: str, why: str) -> None:
+        self.progress(f"{name} {why}: nothing more is printed there; the job goes on")
+
+
+OUTPUT = Reporter()
+
+
 class SignalGuard:
     """SIGHUP, SIGINT, SIGQUIT and SIGTERM end the job the same way: the task is stopped first,
     then ecsbatch exits with the signal's code (EXIT_FOR_SIGNAL: 129, 130, 131, 143).
@@ -1697,9 +2110,7 @@ class SignalGuard:
         """Straight to the file descriptor: the main thread may be in the middle of a write."""
         try:
             said = self.on_second_signal() if callable(self.on_second_signal) else self.on_second_signal
-            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            line = f"{stamp} ecsbatch: second {signal.Signals(signum).name}: {said}\n"
-            os.write(2, line.encode("utf-8", "replace"))
+            os.write(2, OUTPUT.last_words(f"second {signal.Signals(signum).name}: {said}"))
         except Exception:  # nothing may keep this exit from happening
             pass
         os._exit(EXIT_FOR_SIGNAL[self.received or signum])
@@ -1881,16 +2292,17 @@ class LogFollower:
     """Prints a container's CloudWatch Logs lines as they arrive, each exactly once.
 
     It pages with forward tokens from the head of the stream, waits for a stream that does not
-    exist yet, and keeps the last lines for the failure report. A failed read is reported once
-    and retried on the next poll: logs never end the wait or change the exit code.
+    exist yet, and keeps the last lines for the failure report: at least LOG_TAIL_LINES, and at
+    least `tail_bytes` of them for --quiet. Under --quiet it prints nothing. A failed read is
+    reported once and retried on the next poll: logs never end the wait or change the exit code.
     """
 
-    def __init__(self, logs: Any, source: LogSource, *, to_stderr: bool) -> None:
+    def __init__(self, logs: Any, source: LogSource, *, to_stderr: bool, tail_bytes: int = 0) -> None:
         self.logs, self.source, self.to_stderr = logs, source, to_stderr
         self.token: Optional[str] = None
-        self.tail: "collections.deque[str]" = collections.deque(maxlen=LOG_TAIL_LINES)
+        self.tail: "collections.deque[str]" = collections.deque()
+        self.tail_bytes, self.tail_size = tail_bytes, 0
         self.failing = False
-        self.output_closed = False
 
     def poll(self) -> int:
         """Read every page there is now. Returns how many lines were printed."""
@@ -1911,7 +2323,7 @@ class LogFollower:
             for event in events:
                 line = str(event.get("message", "")).rstrip("\n")
                 self._print(line)
-                self.tail.append(line)
+                self._keep(line)
             printed += len(events)
             # CloudWatch Logs hands back the token it was given at the end of the stream.
             if not next_token or next_token == self.token:
@@ -1930,17 +2342,16 @@ class LogFollower:
             time.sleep(LOG_DRAIN_POLL)
 
     def _print(self, line: str) -> None:
-        if self.output_closed:
-            return
-        stream = sys.stderr if self.to_stderr else sys.stdout
-        try:
-            click.echo(line, file=stream)
-        except BrokenPipeError:
-            # Whoever read the lines went away (`ecsbatch run | head`); the job itself goes on.
-            self.output_closed = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-            if not self.to_stderr:
-                progress("stdout was closed; log lines are no longer printed, the wait goes on")
+        # A reader that went away (`ecsbatch run | head`) silences the stream, never the job:
+        # see SilencingWriter.
+        if not OUTPUT.quiet:
+            click.echo(line, file=sys.stderr if self.to_stderr else sys.stdout)
+
+    def _keep(self, line: str) -> None:
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while len(self.tail) > LOG_TAIL_LINES and self.tail_size - len(self.tail[0]) - 1 >= self.tail_bytes:
+            self.tail_size -= len(self.tail.popleft()) + 1
 
     def _report(self, exc: BaseException) -> None:
         if not self.failing:
@@ -2262,7 +2673,22 @@ def template_options(command: Callable) -> Callable:
     return command
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout on exit.")
+def remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    OUTPUT.as_json = OUTPUT.as_json or value  # main() owes a JSON object even for an error
+    return value
+
+
+def set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    OUTPUT.quiet = value
+    OUTPUT.use_syslog()  # run and wait: the journal keeps the whole trail
+
+
+def set_output_limit(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    OUTPUT.limit = value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=remember_json,
+                           help="Print one JSON object on stdout on exit, also for an error.")
 cluster_option = click.option("--cluster", metavar="NAME", callback=checked_cluster,
                               help="The cluster; default: the one a task ARN names, else ECS's default.")
 
@@ -2277,6 +2703,13 @@ def wait_options(command: Callable) -> Callable:
         click.option("--poll-interval", type=PollInterval(), default=DEFAULT_POLL_INTERVAL,
                      show_default=True, metavar="SECONDS", help="Longest gap between two DescribeTasks calls."),
         click.option("--no-logs", is_flag=True, help="Do not stream the container's CloudWatch Logs."),
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+                     help="For schedulers that keep the head of the output (Hinemos): print nothing while "
+                          "waiting; stderr gets the task line and the verdict, stdout the result line and "
+                          "the log's last lines, each within --output-limit."),
+        click.option("--output-limit", type=click.IntRange(min=MIN_OUTPUT_LIMIT), default=DEFAULT_OUTPUT_LIMIT,
+                     show_default=True, metavar="BYTES", expose_value=False, callback=set_output_limit,
+                     help="With --quiet: bytes per stream, as the agent keeps (Hinemos: job.message.length)."),
     ]):
         command = decorator(command)
     return command
@@ -2477,8 +2910,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
             KnownTask.remember(ecs, cluster_name, task_arn)
             guard.on_second_signal = (f"exiting now; task {task_arn} may still be running: "
                                       f"ecsbatch stop {cli_cluster_arg(cluster_name)}{task_arn}")
-            progress(f"launched task {task_arn} ({task_definition_label(definition)}, counting {', '.join(counted)}); "
-                     f"to reattach: ecsbatch wait {cli_cluster_arg(cluster_name)}{task_arn}")
+            OUTPUT.task_line("launched", task_arn, task_definition_label(definition), counted, cluster_name)
     except Interrupted as interrupt:
         if task_arn is None:
             raise
@@ -2500,7 +2932,8 @@ def attach_to(ecs: Any, guard: SignalGuard, decision: RerunDecision, cluster: Op
     counts from the task's creation, so a rerun never gives a stuck job more time."""
     task = decision.task or {}
     task_arn = task["taskArn"]
-    progress(f"{decision.message}; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}")
+    OUTPUT.task_arn = task_arn
+    progress(f"{decision.message}; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}", kept=True)
     remaining = timeout
     created = task.get("createdAt")
     if timeout is not None and isinstance(created, datetime.datetime):
@@ -2538,8 +2971,8 @@ def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_te
     found = find_task(ecs, cluster, task)
     definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
     counted = counted_container_names(definition, container)
-    progress(f"attached to task {found['taskArn']} ({task_definition_label(definition)}, counting "
-             f"{', '.join(counted)}), {found.get('lastStatus')}")
+    OUTPUT.task_line("attached to", found["taskArn"], task_definition_label(definition), counted, cluster,
+                     found.get("lastStatus"))
     wait_to_the_end(ecs, guard, cluster=cluster, task_arn=found["taskArn"], definition=definition, counted=counted,
                     timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs,
                     as_json=as_json, region=region, profile=profile, interrupted_by=None, missing_grace=0.0)
@@ -2572,17 +3005,34 @@ def wait_and_report(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], tas
                                                            profile=profile, to_stderr=as_json)) if logs else None,
                        interrupted_by=interrupted_by, counted_names=counted, timeout=timeout,
                        timeout_text=timeout_text or "")
-    follower = watch.follower
-    progress(outcome.message)
-    tail = list(follower.tail) if follower is not None else []
-    if outcome.exit_code != 0 and tail:
-        click.echo(f"last {len(tail)} log lines of {counted[0]}:", err=True)
-        for line in tail:
-            click.echo(f"  | {line}", err=True)
-    summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
-                           outcome=outcome.kind, message=outcome.message, elapsed=time.monotonic() - started)
-    emit_summary(as_json, dict(summary, logTail=tail))
+    where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
+    report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=watch.follower, where=where,
+                   as_json=as_json, elapsed=time.monotonic() - started)
     click.get_current_context().exit(outcome.exit_code)
+
+
+def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], counted: List[str],
+                   follower: Optional[LogFollower], where: Optional[str], as_json: bool, elapsed: float) -> None:
+    """The verdict on stderr, then the log tail: under the verdict on stderr by default, on stdout
+    under --quiet (with the result line), or inside the JSON object with --json."""
+    OUTPUT.task_arn = task_arn
+    owner = code_owner(outcome.task, counted, outcome.exit_code, outcome.kind)
+    advice = f"details: ecsbatch status {cli_cluster_arg(cluster)}{task_id(task_arn)}" if outcome.exit_code else None
+    OUTPUT.verdict(outcome.exit_code, owner, outcome.task, task_arn, outcome.message, advice)
+    tail = list(follower.tail) if follower is not None else []
+    if not OUTPUT.quiet:
+        tail = tail[-LOG_TAIL_LINES:]
+        if outcome.exit_code != 0 and tail:
+            click.echo(f"last {len(tail)} log lines of {counted[0]}:", err=True)
+            for line in tail:
+                click.echo(f"  | {line}", err=True)
+    summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
+                           outcome=outcome.kind, message=outcome.message, elapsed=elapsed)
+    if as_json:
+        OUTPUT.emit_json(summary, tail)
+    elif OUTPUT.quiet:
+        note = where if follower is None else (None if tail else f"no log line in {where}")
+        OUTPUT.quiet_stdout(outcome.exit_code, owner, tail, note)
 
 
 def log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *, region: Optional[str],
@@ -2592,12 +3042,13 @@ def log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *
         progress(where)
         return None
     progress(f"streaming the log of {container} from {where}")
-    return LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=to_stderr)
+    return LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=to_stderr,
+                       tail_bytes=OUTPUT.limit)
 
 
 def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
     if as_json:
-        click.echo(json.dumps(summary, default=str))
+        OUTPUT.emit_json(summary, list(summary.get("logTail") or []))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -2939,44 +3390,46 @@ def validate(paths: Tuple[str, ...], variables: Tuple[str, ...], tag: Optional[s
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point: every failure ends in one line on stderr and a documented exit code."""
+    """Entry point: every failure ends in one line on stderr and a documented exit code; with
+    --json, stdout always holds one JSON object; with --quiet, always the result line."""
+    install_safe_streams()
     args = list(sys.argv[1:] if argv is None else argv)
     options = args[: args.index("--")] if "--" in args else args
     debug = "--debug" in options
+    # Before click has parsed them (a usage error), the flags are read from the arguments.
+    as_json = "--json" in options
+    quiet = bool(options) and options[0] in ("run", "wait") and bool({"-q", "--quiet"} & set(options))
+
+    def fail(exit_code: int, outcome: str, line: str, message: str, stopped: Optional[str] = None) -> None:
+        OUTPUT.failed(exit_code, outcome, line, message, stopped, as_json=as_json, quiet=quiet)
+        sys.exit(exit_code)
+
     try:
         # Without standalone mode click returns ctx.exit()'s code instead of exiting.
         result = cli.main(args=args, prog_name="ecsbatch", standalone_mode=False)
     except click.Abort:
-        click.echo("ecsbatch: aborted", err=True)
-        sys.exit(EXIT_SIGINT)
+        fail(EXIT_SIGINT, "interrupted", "ecsbatch: aborted", "aborted")
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        click.echo(f"ecsbatch: error: {exc.format_message()}{hint}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(EXIT_USAGE, "usage-error", f"ecsbatch: error: {exc.format_message()}{hint}", exc.format_message())
     except click.ClickException as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
         stopped = KnownTask.stop(f"stopped after an error: {one_line(exc.format_message())}")
-        exc.show()
-        if stopped:
-            click.echo(f"ecsbatch: {stopped}", err=True)
-        sys.exit(exc.exit_code)
+        outcome = "usage-error" if exc.exit_code == EXIT_USAGE else "error"
+        fail(exc.exit_code, outcome, f"ecsbatch: error: {exc.format_message()}", exc.format_message(), stopped)
     except Interrupted as interrupt:
         stopped = KnownTask.stop_for(interrupt.signum)  # a task launched by this run is never left behind
         what = stopped or f"interrupted by {signal.Signals(interrupt.signum).name}; nothing was started"
-        click.echo(f"ecsbatch: {what}", err=True)
-        sys.exit(EXIT_FOR_SIGNAL[interrupt.signum])
+        fail(EXIT_FOR_SIGNAL[interrupt.signum], "interrupted", f"ecsbatch: {what}", what)
     except Exception as exc:
         stopped = KnownTask.stop(f"internal error: {type(exc).__name__}")
         if debug:
             raise
-        click.echo(f"ecsbatch: internal error: {type(exc).__name__}: {one_line(exc)} "
-                   "(rerun with --debug for the traceback)", err=True)
-        if stopped:
-            click.echo(f"ecsbatch: {stopped}", err=True)
-        sys.exit(EXIT_ECS_FAILURE)
+        message = f"internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)"
+        fail(EXIT_ECS_FAILURE, "error", f"ecsbatch: {message}", message, stopped)
     sys.exit(result if isinstance(result, int) else 0)
 
 
