@@ -1207,9 +1207,9 @@ def tail_that_fits(lines: List[str], budget: int, encoding: str = "utf-8") -> Li
     for line in reversed(lines):
         size = encoded_size(line, encoding) + 1
         if used + size > budget:
-            room = budget - used - 1 - len(SHORTENED)
-            if not kept and room > 0:
-                kept.append(SHORTENED + _longest_suffix(line, room, encoding))
+            end = _longest_suffix(line, budget - used - 1 - len(SHORTENED), encoding) if not kept else ""
+            if end:
+                kept.append(SHORTENED + end)
             break
         kept.append(line)
         used += size
@@ -1931,7 +1931,7 @@ class Reporter:
             self.syslog.send(message)
         if not self.quiet:
             stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            click.echo(f"{stamp} ecsbatch: {message}", err=True)
+            click.echo(f"{stamp} ecsbatch: {message}", file=sys.stderr)
         elif kept:
             self.kept([(KEEP, "ecsbatch: "), (SHORTEN, message)], last=last)
 
@@ -1957,7 +1957,7 @@ class Reporter:
 
     def err_line(self, line: str) -> None:
         self.stderr_used += encoded_size(line, self.encoding(sys.stderr)) + 1
-        click.echo(line, err=True)
+        click.echo(line, file=sys.stderr)
 
     def task_line(self, verb: str, task_arn: str, label: str, counted: List[str], cluster: Optional[str],
                   state: Optional[str] = None) -> None:
@@ -1990,7 +1990,7 @@ class Reporter:
         if self.syslog is not None:
             self.syslog.send(line, severity=3)
         if not self.quiet:
-            click.echo(line, err=True)
+            click.echo(line, file=sys.stderr)
             return
         prefix = "ecsbatch: error: " if line.startswith("ecsbatch: error: ") else ""
         parts = [(KEEP, prefix), (SHORTEN, line[len(prefix):])]
@@ -2013,7 +2013,7 @@ class Reporter:
             lines += tail_that_fits(tail, budget, encoding)
         for line in lines:
             if line:
-                click.echo(line)
+                click.echo(line, file=sys.stdout)
 
     def emit_json(self, summary: Mapping[str, Any], tail: List[str]) -> None:
         """--json: one object on stdout; under --quiet its log tail is cut to fit the limit."""
@@ -2026,7 +2026,7 @@ class Reporter:
             while kept and encoded_size(json.dumps(dict(summary, logTail=kept), default=str), encoding) > budget:
                 kept = kept[1:]
             summary["logTail"] = kept
-        click.echo(json.dumps(summary, default=str))
+        click.echo(json.dumps(summary, default=str), file=sys.stdout)
 
     def failed(self, exit_code: int, outcome: str, line: str, message: str, stopped: Optional[str], *,
                as_json: bool, quiet: bool) -> None:
@@ -3023,9 +3023,9 @@ def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], c
     if not OUTPUT.quiet:
         tail = tail[-LOG_TAIL_LINES:]
         if outcome.exit_code != 0 and tail:
-            click.echo(f"last {len(tail)} log lines of {counted[0]}:", err=True)
+            click.echo(f"last {len(tail)} log lines of {counted[0]}:", file=sys.stderr)
             for line in tail:
-                click.echo(f"  | {line}", err=True)
+                click.echo(f"  | {line}", file=sys.stderr)
     summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
                            outcome=outcome.kind, message=outcome.message, elapsed=elapsed)
     if as_json:

@@ -112,6 +112,7 @@ class Job:
         self.cluster = network["ECS_CLUSTER"]
         self.env = dict(os.environ, **ecs.client_env(), **network, TASK_FAMILY=self.family)
         self.env.pop("AWS_PROFILE", None)
+        self.env["ECSBATCH_SYSLOG_SOCKET"] = ""  # tests never write to this machine's system log
         self.run_file = tmp_path / "run-task.yaml"
         self.write_run_file({
             "cluster": "${ECS_CLUSTER}",
