@@ -1926,9 +1926,9 @@ class Reporter:
     def encoding(self, stream: Any) -> str:
         return getattr(stream, "encoding", None) or "utf-8"
 
-    def progress(self, message: str, *, kept: bool = False, last: bool = False) -> None:
+    def progress(self, message: str, *, kept: bool = False, last: bool = False, severity: int = 6) -> None:
         if self.syslog is not None:
-            self.syslog.send(message)
+            self.syslog.send(message, severity)
         if not self.quiet:
             stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             click.echo(f"{stamp} ecsbatch: {message}", file=sys.stderr)
@@ -1975,11 +1975,12 @@ class Reporter:
     def verdict(self, exit_code: int, owner: Optional[str], task: Optional[Mapping[str, Any]],
                 task_arn: Optional[str], message: str, advice: Optional[str]) -> None:
         """The last word on stderr: Outcome.message, or under --quiet its budgeted form."""
+        severity = 6 if exit_code == 0 else 3  # info, or err
         if not self.quiet:
-            self.progress(message)
+            self.progress(message, severity=severity)
             return
         if self.syslog is not None:
-            self.syslog.send(message, severity=6 if exit_code == 0 else 3)
+            self.syslog.send(message, severity)
         stop_code = (task or {}).get("stopCode")
         parts = verdict_parts(exit_code, owner, task_arn, stop_code, message, advice)
         self.err_line(fit_parts(parts, self.limit - self.stderr_used - 1, self.encoding(sys.stderr)))
