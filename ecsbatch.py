@@ -1933,7 +1933,9 @@ class Reporter:
             stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             click.echo(f"{stamp} ecsbatch: {message}", file=sys.stderr)
         elif kept:
-            self.kept([(KEEP, "ecsbatch: "), (SHORTEN, message)], last=last)
+            said, _, advice = message.partition("; to reattach: ")  # advice gives way first
+            self.kept([(KEEP, "ecsbatch: "), (SHORTEN, said)] + ([(DROP, f"; to reattach: {advice}")] if advice else []),
+                      last=last)
 
     def kept(self, parts: List[Tuple[str, str]], *, last: bool = False) -> None:
         """A line before the verdict, under --quiet: left out when its KEEP parts do not fit."""

@@ -177,8 +177,6 @@ def test_a_timeout_stops_the_task_and_ends_124(job):
     assert verdict.startswith(f"ecsbatch: exit 124 from ecsbatch, task {task.id}") and "--timeout 2 expired" in verdict
 
 
-@pytest.mark.xfail(reason="needs the operator-stop verdict: a task stopped by `ecsbatch stop` ends its runner with 143",
-                   strict=False)
 def test_a_stop_by_command_ends_the_job_with_143(job):
     agent = agent_for(job)
     job.ecs.plans.append(Plan(running=60.0))
@@ -193,7 +191,6 @@ def test_a_stop_by_command_ends_the_job_with_143(job):
     assert verdict.startswith(f"ecsbatch: exit 143 from ecsbatch, task {task.id}")
 
 
-@pytest.mark.xfail(reason="needs `--if-running attach`: a rerun attaches to the job's live task", strict=False)
 def test_a_rerun_after_the_runner_was_killed_attaches_and_ecs_has_one_task(job):
     agent = agent_for(job)
     job.ecs.plans.append(Plan(running=8.0, exit_code=0))
@@ -204,7 +201,7 @@ def test_a_rerun_after_the_runner_was_killed_attaches_and_ecs_has_one_task(job):
     result = agent.run(localised(START_COMMAND, job), timeout=90)  # the same session: the same key
     assert len(job.tasks()) == 1, "a rerun started a second copy of the job"
     assert result.end_value == 0, result
-    assert f"attached to task {task.id}" in result.stderr
+    assert f"task {task.id} of this job" in result.stderr and "attaching to it" in result.stderr
     assert_kept_whole(result)
 
 
