@@ -1381,14 +1381,13 @@ def redact_debug_text(text: str, secrets: Any = ()) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def progress(message: str, *, kept: bool = False, last: bool = False) -> None:
+def progress(message: str, *, kept: bool = False) -> None:
     """One timestamped line on stderr, and in the system log for `run` and `wait`.
 
-    Under --quiet only `kept` lines reach stderr, within the output limit and shortened to fit
-    (a notice that must survive, such as a task that could not be stopped); `last` marks a line
-    after which no verdict comes, which may use the room kept for the verdict.
+    Under --quiet only `kept` lines reach stderr (a line that names the task), within the output
+    limit and shortened to fit, always leaving room for the verdict.
     """
-    OUTPUT.progress(message, kept=kept or last, last=last)
+    OUTPUT.progress(message, kept=kept)
 
 
 def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
@@ -1926,7 +1925,7 @@ class Reporter:
     def encoding(self, stream: Any) -> str:
         return getattr(stream, "encoding", None) or "utf-8"
 
-    def progress(self, message: str, *, kept: bool = False, last: bool = False, severity: int = 6) -> None:
+    def progress(self, message: str, *, kept: bool = False, severity: int = 6) -> None:
         if self.syslog is not None:
             self.syslog.send(message, severity)
         if not self.quiet:
@@ -1934,13 +1933,12 @@ class Reporter:
             click.echo(f"{stamp} ecsbatch: {message}", file=sys.stderr)
         elif kept:
             said, _, advice = message.partition("; to reattach: ")  # advice gives way first
-            self.kept([(KEEP, "ecsbatch: "), (SHORTEN, said)] + ([(DROP, f"; to reattach: {advice}")] if advice else []),
-                      last=last)
+            self.kept([(KEEP, "ecsbatch: "), (SHORTEN, said)] + ([(DROP, f"; to reattach: {advice}")] if advice else []))
 
-    def kept(self, parts: List[Tuple[str, str]], *, last: bool = False) -> None:
+    def kept(self, parts: List[Tuple[str, str]]) -> None:
         """A line before the verdict, under --quiet: left out when its KEEP parts do not fit."""
-        room = self.limit - self.stderr_used - (0 if last else verdict_reserve(self.limit))
-        budget = min(room, self.limit if last else kept_line_budget(self.limit)) - 1
+        room = self.limit - self.stderr_used - verdict_reserve(self.limit)
+        budget = min(room, kept_line_budget(self.limit)) - 1
         line = fit_parts(parts, budget, self.encoding(sys.stderr))
         if 0 < encoded_size(line, self.encoding(sys.stderr)) <= budget:
             self.err_line(line)

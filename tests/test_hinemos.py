@@ -24,8 +24,8 @@ GUIDE = (REPO / "README.md").read_text(encoding="utf-8")
 START_COMMAND = re.search(r"^\| 起動コマンド \(start command\) \| `(.+)` \|$", GUIDE, re.M).group(1)
 STOP_COMMAND = re.search(r"^\| 停止コマンド \(stop command\) \| `(.+)` \|$", GUIDE, re.M).group(1)
 RESULT_PATTERNS = dict(re.findall(r"^\| (?:the )?(task id|exit code|whose code it is) \| `(.+)` \|$", GUIDE, re.M))
-INSTALLED_ECSBATCH = "/opt/ecsbatch/current/venv/bin/ecsbatch"
-INSTALLED_RUN_FILE = "/opt/ecsbatch/current/run-task.yaml"
+INSTALLED_ECSBATCH = "/opt/ecsbatch/nightly-sales/current/venv/bin/ecsbatch"
+INSTALLED_RUN_FILE = "/opt/ecsbatch/nightly-sales/current/run-task.yaml"
 FATAL = "FATAL: sales total mismatch for 2026-11-27: expected 1043, got 1041"
 
 

@@ -165,15 +165,16 @@ def test_quiet_output_fits_the_limits_by_construction(capsysbinary, monkeypatch,
     assert lines[-1] == "FATAL: END"
 
 
-def test_a_notice_that_ends_the_run_may_use_the_verdicts_room(capsysbinary, monkeypatch):
+def test_the_last_words_before_a_second_signals_exit_may_use_the_verdicts_room(capsysbinary, monkeypatch):
     reporter = ecsbatch.Reporter()
     reporter.quiet, reporter.limit = True, 256
     monkeypatch.setattr(ecsbatch, "OUTPUT", reporter)
     reporter.task_line("launched", ARN, "nightly:1", ["app"], "batch-production")
     for _ in range(3):
-        ecsbatch.progress("x" * 100, kept=True)  # no room left before the verdict's
-    ecsbatch.progress(f"second SIGTERM: exiting now; task {ARN} may still be running", last=True)
+        ecsbatch.progress("x" * 100, kept=True)  # no room for these before the verdict's
     err = capsysbinary.readouterr().err
+    err += reporter.last_words(f"second SIGTERM: exiting now; task {ARN} may still be running: "
+                               f"ecsbatch stop --cluster batch-production {ARN}")
     assert len(err) <= 256
     assert err.decode().splitlines()[-1].startswith("ecsbatch: second SIGTERM: exiting now")
 
