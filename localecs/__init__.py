@@ -1,155 +1,151 @@
 """A local ECS-shaped endpoint for the demo, the tests and the benchmarks.
 
-moto's server on loopback, plus the parts of ECS that moto leaves out:
-- a task lifecycle on a clock: PROVISIONING -> PENDING -> RUNNING -> STOPPED, with one container
-  per container definition, exit codes, stopCode, stoppedReason and timestamps;
-- RunTask made idempotent on clientToken, as ECS is;
-- DescribeTasks naming unknown tasks as MISSING failures, as ECS does, with a task's tags only
-  when asked for with include=["TAGS"];
+An HTTP endpoint on loopback in front of moto's server (unpatched, on a port of its own). Requests
+are routed on their X-Amz-Target header:
+- ECS's RunTask, DescribeTasks, StopTask and ListTasks, and TagResource, UntagResource and
+  ListTagsForResource of a task ARN, are answered here, from localecs's own tasks;
+- everything else (RegisterTaskDefinition, DescribeTaskDefinition, CreateCluster, EC2, CloudWatch
+  Logs, ...) goes to moto unchanged.
+
+What that adds to moto:
+- a task lifecycle on a clock (localecs/lifecycle.py): PROVISIONING -> PENDING -> RUNNING ->
+  STOPPED, with one container per container definition, exit codes, stopCode, stoppedReason and
+  timestamps, scripted by a `Plan`;
+- RunTask checked as ECS checks it (the cluster and the task definition exist, a launch type or a
+  capacity provider strategy, the network configuration, overrides, tags, startedBy), and
+  idempotent on clientToken, as ECS is (the same token with another request is a ConflictException);
+- task tags (RunTask's `tags`, propagateTags, DescribeTasks' include=["TAGS"], TagResource);
+- DescribeTasks naming unknown tasks as MISSING failures; ListTasks with ECS's filters and pages;
 - StopTask going through DEACTIVATING, the containers exiting as on SIGTERM;
-- a log of every ECS request, for tests that count calls;
-- with `container_logs=True` (the demo), log lines in CloudWatch Logs for every container whose
-  definition uses the awslogs driver: a line every LOG_LINE_SECONDS while it runs, then its exit.
+- a log of every ECS request with its parameters, for tests that count calls;
+- with `container_logs=True` (the demo), log lines in moto's CloudWatch Logs for every container
+  whose definition uses the awslogs driver: a line every LOG_LINE_SECONDS while it runs, then its exit.
 
 By default a task's fate comes from the command override of its first container override:
-`exit N` exits N, `sleep S` runs S seconds, `fail-to-start` fails to pull its image and
-`host-terminated` loses its host. Tests queue an exact `Plan` instead.
+`exit N` exits N, `sleep S` runs S seconds, `fail-to-start` fails to pull its image,
+`host-terminated` loses its host and `spot-interruption` loses its Spot capacity. Tests queue
+an exact `Plan` instead (see also capacity_failures, failed_to_start and spot_interruption).
 """
 
 from __future__ import annotations
 
+import base64
 import collections
-import copy
-import datetime
+import http.client
+import http.server
+import json
 import logging
 import re
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional
+import uuid
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-ACCOUNT_ID = "123456789012"
+from localecs.lifecycle import (CAPACITY_UNAVAILABLE, SPOT_INTERRUPTED, Container, Plan, Task, TaskState, advance,
+                                capacity_failures, copy_plan, failed_to_start, plan_from_command, request_stop,
+                                spot_interruption)
+
+__all__ = ["ACCOUNT_ID", "REGION", "LocalEcs", "Plan", "Task", "Container", "TaskState", "EcsError",
+           "plan_from_command", "copy_plan", "capacity_failures", "failed_to_start", "spot_interruption",
+           "CAPACITY_UNAVAILABLE", "SPOT_INTERRUPTED"]
+
+ACCOUNT_ID = "123456789012"  # moto's default account
 REGION = "ap-northeast-1"
 TICK_SECONDS = 0.02
 LOG_LINE_SECONDS = 0.5  # with container_logs, an awslogs container writes a line this often
+ECS_TARGET = "AmazonEC2ContainerServiceV20141113"
+JSON_TYPE = "application/x-amz-json-1.1"
+TAG_OPERATIONS = ("TagResource", "UntagResource", "ListTagsForResource")
+# Forwarded ECS operations after which a cached cluster may have changed.
+CLUSTER_CHANGES = ("CreateCluster", "DeleteCluster", "UpdateCluster", "PutClusterCapacityProviders",
+                   "UpdateClusterSettings", "CreateCapacityProvider", "DeleteCapacityProvider")
+STARTED_BY = re.compile(r"[A-Za-z0-9_/-]{1,36}")
+FARGATE_PROVIDERS = ("FARGATE", "FARGATE_SPOT")
 
 
-@dataclass
-class Plan:
-    """What one task will do. Durations are seconds; exit codes are by container name."""
+class EcsError(Exception):
+    """An ECS error answer: HTTP 400 (500 for ServerException) with {"__type", "message", ...}."""
 
-    provisioning: float = 0.2
-    pending: float = 0.2
-    running: float = 0.5
-    exit_code: Optional[int] = 0  # for essential containers not named in exit_codes
-    exit_codes: Dict[str, Optional[int]] = field(default_factory=dict)
-    sidecar_exit_code: Optional[int] = 137  # non-essential containers are killed at the end
-    reasons: Dict[str, str] = field(default_factory=dict)
-    stop_code: Optional[str] = "EssentialContainerExited"
-    stopped_reason: str = "Essential container in task exited"
-    stop_delay: float = 0.3  # StopTask -> STOPPED
-    sigterm_exit_code: Optional[int] = 143
-    failures: Optional[List[Dict[str, str]]] = None  # RunTask answers these instead of a task
+    def __init__(self, code: str, message: str, status: int = 400, **extra: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.status, self.extra = code, message, status, extra
+
+    def body(self) -> Dict[str, Any]:
+        return dict(self.extra, __type=self.code, message=self.message)
 
 
-def plan_from_command(command: List[str], base: Plan) -> Plan:
-    """The demo's little language: `exit 3`, `sleep 5`, `sleep 2; exit 1`, `fail-to-start`."""
-    text = " ".join(command)
-    plan = Plan(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in base.__dict__.items()})
-    sleep = re.search(r"sleep\s+(\d+(?:\.\d+)?)", text)
-    if sleep:
-        plan.running = float(sleep.group(1))
-    code = re.search(r"exit\s+(\d+)", text)
-    if code:
-        plan.exit_code = int(code.group(1))
-    if "fail-to-start" in text:
-        plan.running, plan.exit_code, plan.sidecar_exit_code = 0.0, None, None
-        plan.stop_code = "TaskFailedToStart"
-        plan.stopped_reason = ("CannotPullContainerError: pull image manifest has been retried 5 time(s): "
-                               "failed to resolve ref example.invalid/batch:nosuch: not found")
-    if "host-terminated" in text:
-        plan.exit_code, plan.sidecar_exit_code, plan.stop_code = None, None, None
-        plan.stopped_reason = "Host EC2 (instance i-0123456789abcdef0) terminated."
-    return plan
+def invalid(message: str) -> EcsError:
+    return EcsError("InvalidParameterException", message)
 
 
-class SimContainer:
-    """The attributes moto's serializer reads for one entry of a task's `containers`."""
+class Call:
+    """One request as localecs's own operations see it."""
 
-    def __init__(self, task_arn: str, definition: Dict[str, Any]) -> None:
-        self.name = definition["name"]
-        self.image = definition.get("image")
-        self.essential = definition.get("essential", True)
-        self.task_arn = task_arn
-        self.container_arn = f"{task_arn.replace(':task/', ':container/')}/{self.name}"
-        self.last_status = "PENDING"
-        self.exit_code: Optional[int] = None
-        self.reason: Optional[str] = None
+    def __init__(self, operation: str, params: Dict[str, Any], region: str, authorization: Optional[str]) -> None:
+        self.operation, self.params, self.region, self.authorization = operation, params, region, authorization
 
 
-class TaskState:
-    def __init__(self, task: Any, plan: Plan, definition: Dict[str, Any]) -> None:
-        self.task = task
-        self.plan = plan
-        self.born = time.monotonic()
-        self.stop_requested_at: Optional[float] = None
-        self.stopped_monotonic: Optional[float] = None
-        self.done = False
-        task.containers = [SimContainer(task.task_arn, d) for d in definition["containerDefinitions"]]
-        task.created_at = utcnow()
-        task.last_status = "PROVISIONING"
-        task.stop_code = None
-
-
-def snapshot(task: Any) -> Any:
-    """A copy of a task and its containers as they are now."""
-    clone = copy.copy(task)
-    clone.containers = [copy.copy(c) for c in task.containers]
-    return clone
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+def region_of(authorization: Optional[str]) -> str:
+    """The region in a SigV4 Authorization header's credential scope."""
+    found = re.search(r"Credential=[^/,]+/\d{8}/([^/,]+)/", authorization or "")
+    return found.group(1) if found else REGION
 
 
 class LocalEcs:
-    """moto's server on 127.0.0.1 with the lifecycle above. Use as a context manager."""
+    """The endpoint described above, on 127.0.0.1:`port` (0: any free port). Use as a context manager."""
 
     def __init__(self, port: int = 0, default_plan: Optional[Plan] = None, container_logs: bool = False) -> None:
         self.port = port
         self.container_logs = container_logs
-        self._log_writers: Dict[str, "AwslogsWriter"] = {}
-        self._log_lines: List[Any] = []
         self.default_plan = default_plan or Plan()
         self.plans: Deque[Plan] = collections.deque()
         self.requests: List[Dict[str, Any]] = []
-        self.tokens: Dict[str, List[Any]] = {}
-        self.states: Dict[str, TaskState] = {}
+        self.tokens: Dict[str, Dict[str, Any]] = {}  # clientToken -> the request and its answer
+        self.states: Dict[str, TaskState] = {}  # task ARN -> its state, in launch order
         self.lock = threading.RLock()
+        self._active: Dict[str, TaskState] = {}  # not yet STOPPED: what the lifecycle thread looks at
+        self._ids: Dict[str, str] = {}  # task id -> task ARN
+        self._launched = 0
+        self._clusters: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        self._log_writers: Dict[str, AwslogsWriter] = {}
+        self._log_lines: List[Tuple[str, str, str, str]] = []
+        self._logs_clients: Dict[str, Any] = {}
         self._stop = threading.Event()
-        self._server: Any = None
-        self._thread: Optional[threading.Thread] = None
+        self._moto: Any = None
+        self._moto_port = 0
+        self._front: Optional[http.server.ThreadingHTTPServer] = None
+        self._threads: List[threading.Thread] = []
+        self._upstream = threading.local()
+        self._operations: Dict[str, Callable[[Call], Dict[str, Any]]] = {
+            "RunTask": self._run_task, "DescribeTasks": self._describe_tasks, "StopTask": self._stop_task,
+            "ListTasks": self._list_tasks, "TagResource": self._tag_resource,
+            "UntagResource": self._untag_resource, "ListTagsForResource": self._list_tags_for_resource}
 
     # -- life of the endpoint -------------------------------------------------------------
     def start(self) -> "LocalEcs":
-        from moto.moto_api import state_manager
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        # The lifecycle thread decides every status; moto's own progression must stay still.
-        state_manager.set_transition(model_name="ecs::task", transition={"progression": "manual", "times": 10**9})
-        self._patch_moto()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-        self.port = self._server.get_host_and_port()[1]
-        self._thread = threading.Thread(target=self._lifecycle, name="localecs-lifecycle", daemon=True)
-        self._thread.start()
+        self._moto_port = free_port()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self._moto_port, verbose=False)
+        self._moto.start()
+        self._front = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), front_handler(self))
+        self._front.daemon_threads = True
+        self.port = self._front.server_address[1]
+        for name, target in (("localecs-http", self._front.serve_forever), ("localecs-lifecycle", self._lifecycle)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._server is not None:
-            self._server.stop()
+        if self._front is not None:
+            self._front.shutdown()
+            self._front.server_close()
+        if self._moto is not None:
+            self._moto.stop()
 
     def __enter__(self) -> "LocalEcs":
         return self.start()
@@ -161,6 +157,11 @@ class LocalEcs:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def moto_url(self) -> str:
+        """moto's own server, behind this endpoint: requests sent here bypass localecs."""
+        return f"http://127.0.0.1:{self._moto_port}"
+
     def client_env(self, url: Optional[str] = None) -> Dict[str, str]:
         """Environment for an AWS client of this endpoint: fake credentials, no profile files."""
         return {"AWS_ENDPOINT_URL": url or self.url, "AWS_ACCESS_KEY_ID": "testing",
@@ -168,123 +169,188 @@ class LocalEcs:
                 "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, region: str = REGION, url: Optional[str] = None) -> Any:
         import boto3
 
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
+        return boto3.client(service, endpoint_url=url or self.url, region_name=region,
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def seed_network(self, cluster: str = "batch") -> Dict[str, str]:
-        """A cluster and a VPC that FARGATE tasks can use (moto needs DNS hostnames for them)."""
+        """A cluster (with the FARGATE and FARGATE_SPOT capacity providers) and a VPC for its tasks."""
         ec2 = self.client("ec2")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
         group = ec2.create_security_group(GroupName=f"batch-{vpc}", Description="batch", VpcId=vpc)["GroupId"]
-        self.client("ecs").create_cluster(clusterName=cluster)
+        self.client("ecs").create_cluster(clusterName=cluster, capacityProviders=list(FARGATE_PROVIDERS))
         return {"ECS_CLUSTER": cluster, "SUBNET_ID": subnet, "SECURITY_GROUP_ID": group}
 
     # -- what tests look at ---------------------------------------------------------------
-    def backend(self) -> Any:
-        from moto.ecs.models import ecs_backends
-
-        return ecs_backends[ACCOUNT_ID][REGION]
-
     def calls(self, operation: str) -> List[Dict[str, Any]]:
+        """The ECS requests for `operation` so far, each {"operation", "at" (monotonic), "params"}."""
         with self.lock:
             return [r for r in self.requests if r["operation"] == operation]
 
-    def task(self, task_arn: str) -> Any:
+    def task(self, task_arn: str) -> Task:
+        """The live task (its attributes change as it runs)."""
         return self.states[task_arn].task
 
-    def tasks(self) -> List[Any]:
+    def tasks(self) -> List[Task]:
         with self.lock:
             return [s.task for s in self.states.values()]
 
-    # -- moto patches -----------------------------------------------------------------------
-    def _patch_moto(self) -> None:
-        from moto.core.responses import ActionResult
-        from moto.ecs.exceptions import InvalidParameterException
-        from moto.ecs.models import EC2ContainerServiceBackend
-        from moto.ecs.responses import EC2ContainerServiceResponse as Responses
+    def forget(self, task_arn: str) -> None:
+        """Make ECS forget a task, as it does an hour after it stopped: DescribeTasks says MISSING."""
+        with self.lock:
+            self.states.pop(task_arn, None)
+            self._active.pop(task_arn, None)
+            self._ids.pop(task_arn.rsplit("/", 1)[-1], None)
 
-        sim = self
-        if getattr(Responses, "_localecs", None) is not None:
-            Responses._localecs = sim  # a later LocalEcs in the same process takes over
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        service, _, operation = (handler.headers.get("X-Amz-Target") or "").rpartition(".")
+        if service == ECS_TARGET:
+            try:
+                params = json.loads(body or b"{}")
+                if not isinstance(params, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                answer_json(handler, 400, {"__type": "SerializationException", "message": "Malformed request body"})
+                return
+            with self.lock:
+                self.requests.append({"operation": operation, "at": time.monotonic(), "params": params})
+            own = self._operations.get(operation)
+            if own is not None and (operation not in TAG_OPERATIONS or is_task_arn(params.get("resourceArn"))):
+                authorization = handler.headers.get("Authorization")
+                call = Call(operation, params, region_of(authorization), authorization)
+                try:
+                    answer_json(handler, 200, own(call))
+                except EcsError as exc:
+                    answer_json(handler, exc.status, exc.body())
+                return
+            if operation in CLUSTER_CHANGES:
+                with self.lock:
+                    self._clusters.clear()
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+        try:
+            status, answer_headers, payload = self._moto_request(handler.command, handler.path, body, headers)
+        except OSError:  # moto is gone (the end of a test run): hang up as it would
+            hang_up(handler)
             return
-        Responses._localecs = sim
-        original_run_task = Responses.run_task
+        send(handler, status, answer_headers, payload)
 
-        def run_task(self: Any) -> Any:
-            sim = Responses._localecs
-            token = self._get_param("clientToken")
-            with sim.lock:
-                sim._record("RunTask", self)
-                if token and token in sim.tokens:
-                    return ActionResult({"tasks": sim.tokens[token], "failures": []})
-                plan = sim._next_plan(self._get_param("overrides") or {})
-                if plan.failures is not None:
-                    return ActionResult({"tasks": [], "failures": plan.failures})
-                result = original_run_task(self)
-                tasks = result.result["tasks"]
-                for task in tasks:
-                    definition = self.ecs_backend.describe_task_definition(task.task_definition_arn)
-                    sim.states[task.task_arn] = TaskState(task, plan, {
-                        "containerDefinitions": definition.container_definitions})
-                if token:
-                    sim.tokens[token] = tasks
-                return result
+    def _moto_request(self, method: str, path: str, body: bytes,
+                      headers: Dict[str, str]) -> Tuple[int, List[Tuple[str, str]], bytes]:
+        """One request to moto on this thread's kept-alive connection (a fresh one if it went stale)."""
+        for attempt in (1, 2):
+            connection = getattr(self._upstream, "connection", None)
+            if connection is None:
+                connection = self._upstream.connection = http.client.HTTPConnection(
+                    "127.0.0.1", self._moto_port, timeout=60)
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                answer_headers = [(k, v) for k, v in response.getheaders()
+                                  if k.lower() not in ("transfer-encoding", "connection", "content-length")]
+                if response.will_close:
+                    connection.close()
+                    self._upstream.connection = None
+                return response.status, answer_headers, payload
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                connection.close()
+                self._upstream.connection = None
+                if attempt == 2:
+                    raise
+            except OSError:
+                connection.close()
+                self._upstream.connection = None
+                raise
+        raise AssertionError("unreachable")
 
-        def describe_tasks(self: Any) -> Any:
-            sim = Responses._localecs
-            with sim.lock:
-                sim._record("DescribeTasks", self)
-            wanted = self._get_param("tasks", [])
-            # Under the lock: moto iterates the task table that a concurrent RunTask grows, and
-            # moto serializes the answer after this returns, so it reads a snapshot, never a task
-            # that the lifecycle thread is halfway through stopping.
-            with sim.lock:
-                tasks = [snapshot(t) for t in self.ecs_backend.describe_tasks(
-                    self._get_param("cluster", "default"), wanted)]
-            if "TAGS" not in (self._get_param("include") or []):
-                for task in tasks:  # as ECS does: a task's tags only when asked for
-                    task.tags = None
-            found = {t.id for t in tasks}
-            failures = [{"arn": w, "reason": "MISSING"} for w in wanted if w.rsplit("/", 1)[-1] not in found]
-            return ActionResult({"tasks": tasks, "failures": failures})
+    def _moto_ecs(self, call: Call, operation: str, params: Dict[str, Any]) -> Dict[str, Any]:
+        """An ECS request of localecs's own to moto, as the caller (same credentials, same region)."""
+        headers = {"Content-Type": JSON_TYPE, "X-Amz-Target": f"{ECS_TARGET}.{operation}",
+                   "Authorization": call.authorization or (
+                       f"AWS4-HMAC-SHA256 Credential=testing/20260101/{call.region}/ecs/aws4_request, "
+                       "SignedHeaders=host, Signature=0")}
+        status, _, payload = self._moto_request("POST", "/", json.dumps(params).encode(), headers)
+        answer = json.loads(payload or b"{}")
+        if status != 200:
+            code = str(answer.get("__type", "ServerException")).rsplit("#", 1)[-1]
+            raise EcsError(code, str(answer.get("message") or answer.get("Message") or code), status)
+        return answer
 
-        def stop_task(self: Any, cluster_str: str, task_str: str, reason: str) -> Any:
-            self._get_cluster(cluster_str)
-            sim = Responses._localecs
-            with sim.lock:
-                for state in sim.states.values():
-                    if state.task.task_arn.endswith(task_str.rsplit("/", 1)[-1]):
-                        task = state.task
-                        if task.last_status != "STOPPED" and state.stop_requested_at is None:
-                            state.stop_requested_at = time.monotonic()
-                            task.desired_status = "STOPPED"
-                            task.stopped_reason = reason or "Task stopped by user"
-                            task.stop_code = "UserInitiated"
-                        return task
-            raise InvalidParameterException("The referenced task was not found.")
+    # -- what ECS knows besides tasks: asked of moto ------------------------------------------
+    def _cluster(self, call: Call, reference: Optional[str]) -> Dict[str, Any]:
+        """The cluster named (or ARN'd) in a request, or ClusterNotFoundException."""
+        name = (reference or "default").rsplit("/", 1)[-1]
+        key = (call.region, name)
+        with self.lock:
+            known = self._clusters.get(key)
+        if known is not None:
+            return known
+        found = self._moto_ecs(call, "DescribeClusters", {"clusters": [name]}).get("clusters") or []
+        cluster = next((c for c in found if c.get("clusterName") == name and c.get("status", "ACTIVE") == "ACTIVE"),
+                       None)
+        if cluster is None:
+            raise EcsError("ClusterNotFoundException", "Cluster not found.")
+        with self.lock:
+            self._clusters[key] = cluster
+        return cluster
 
-        def recorded(name: str, method: Any) -> Any:
-            def call(self: Any) -> Any:
-                with Responses._localecs.lock:
-                    Responses._localecs._record(name, self)
-                return method(self)
-            return call
+    def _task_definition(self, call: Call, reference: str) -> Tuple[Dict[str, Any], List[Dict[str, str]]]:
+        try:
+            answer = self._moto_ecs(call, "DescribeTaskDefinition", {"taskDefinition": reference, "include": ["TAGS"]})
+        except EcsError as exc:
+            if exc.status >= 500:
+                raise
+            raise invalid("TaskDefinition not found.") from exc
+        definition = answer.get("taskDefinition") or {}
+        if definition.get("status", "ACTIVE") != "ACTIVE":
+            raise EcsError("ClientException", "TaskDefinition is inactive")
+        return definition, answer.get("tags") or []
 
-        Responses.run_task = run_task
-        Responses.describe_tasks = describe_tasks
-        EC2ContainerServiceBackend.stop_task = stop_task
-        for name in ("stop_task", "describe_task_definition", "register_task_definition", "list_tasks"):
-            operation = "".join(part.title() for part in name.split("_"))
-            setattr(Responses, name, recorded(operation, getattr(Responses, name)))
+    # -- RunTask --------------------------------------------------------------------------------
+    def _run_task(self, call: Call) -> Dict[str, Any]:
+        params = call.params
+        token = params.get("clientToken")
+        if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
+            raise invalid("clientToken must be 1 to 64 characters.")
+        request = json.dumps({k: v for k, v in params.items() if k != "clientToken"}, sort_keys=True)
+        if token:
+            with self.lock:
+                if token in self.tokens:
+                    return self._idempotent_answer(token, request)
+        if not params.get("taskDefinition"):
+            raise invalid("TaskDefinition cannot be empty.")
+        cluster = self._cluster(call, params.get("cluster"))
+        definition, definition_tags = self._task_definition(call, params["taskDefinition"])
+        shape = run_shape(params, cluster, definition, definition_tags)
+        with self.lock:
+            if token and token in self.tokens:  # the same request raced this one
+                return self._idempotent_answer(token, request)
+            plan = self._next_plan(params.get("overrides") or {})
+            if plan.failures is not None:
+                answer = {"tasks": [], "failures": [self._failure(f, call, cluster) for f in plan.failures]}
+                arns: List[str] = []
+            else:
+                arns = [self._launch(call, cluster, definition, shape, plan) for _ in range(shape["count"])]
+                answer = {"tasks": [self.states[a].task.to_json() for a in arns], "failures": []}
+            if token:
+                self.tokens[token] = {"request": request, "arns": arns, "failures": answer["failures"]}
+            return answer
 
-    def _record(self, operation: str, response: Any) -> None:
-        self.requests.append({"operation": operation, "at": time.monotonic(),
-                              "params": dict(getattr(response, "params", None) or {})})
+    def _idempotent_answer(self, token: str, request: str) -> Dict[str, Any]:
+        """Under the lock: what a repeated clientToken gets, the tasks as they are now."""
+        first = self.tokens[token]
+        if first["request"] != request:
+            raise EcsError("ConflictException", "The clientToken is already in use with a different RunTask "
+                           "request. The resourceIds are the existing task ARNs which are already associated "
+                           "with the clientToken.", resourceIds=list(first["arns"]))
+        return {"tasks": [self.states[a].task.to_json() for a in first["arns"] if a in self.states],
+                "failures": list(first["failures"])}
 
     def _next_plan(self, overrides: Dict[str, Any]) -> Plan:
         if self.plans:
@@ -294,86 +360,169 @@ class LocalEcs:
                 return plan_from_command(override["command"], self.default_plan)
         return self.default_plan
 
+    @staticmethod
+    def _failure(failure: Dict[str, str], call: Call, cluster: Dict[str, Any]) -> Dict[str, str]:
+        entry = dict(failure)
+        if "arn" not in entry and str(entry.get("reason", "")).startswith("RESOURCE:"):
+            account = cluster["clusterArn"].split(":")[4]
+            entry["arn"] = (f"arn:aws:ecs:{call.region}:{account}:container-instance/"
+                            f"{cluster['clusterName']}/{uuid.uuid4().hex}")
+        return entry
+
+    def _launch(self, call: Call, cluster: Dict[str, Any], definition: Dict[str, Any], shape: Dict[str, Any],
+                plan: Plan) -> str:
+        """Under the lock: one new task."""
+        arn_prefix = cluster["clusterArn"].split(":cluster/")[0]
+        task_id = uuid.uuid4().hex
+        task_arn = f"{arn_prefix}:task/{cluster['clusterName']}/{task_id}"
+        now, wall = time.monotonic(), round(time.time(), 3)
+        task = Task(task_arn=task_arn, cluster_arn=cluster["clusterArn"],
+                    task_definition_arn=definition["taskDefinitionArn"], created_at=wall,
+                    started_by=shape["startedBy"], group=shape["group"], overrides=shape["overrides"],
+                    launch_type=shape["launchType"], capacity_provider_name=shape["capacityProviderName"],
+                    platform_version=shape["platformVersion"], tags=[dict(t) for t in shape["tags"]],
+                    cpu=shape["cpu"], memory=shape["memory"], availability_zone=f"{call.region}a",
+                    enable_execute_command=shape["enableExecuteCommand"])
+        for container in definition.get("containerDefinitions", []):
+            task.containers.append(Container(
+                name=container["name"], image=container.get("image"), essential=container.get("essential", True),
+                container_arn=f"{arn_prefix}:container/{cluster['clusterName']}/{task_id}/{uuid.uuid4()}",
+                task_arn=task_arn, cpu=container.get("cpu"), memory=container.get("memory")))
+        subnets = ((shape["networkConfiguration"] or {}).get("awsvpcConfiguration") or {}).get("subnets") or []
+        if subnets:
+            task.attachments = [{"id": str(uuid.uuid4()), "type": "ElasticNetworkInterface", "status": "ATTACHED",
+                                 "details": [{"name": "subnetId", "value": subnets[0]},
+                                             {"name": "networkInterfaceId", "value": f"eni-{task_id[:17]}"},
+                                             {"name": "privateIPv4Address", "value": "10.0.1.%d" % (
+                                                 len(self.states) % 250 + 4)}]}]
+        state = TaskState(task, plan, now, definition.get("containerDefinitions", []), region=call.region)
+        state.seq = self._launched = self._launched + 1
+        self.states[task_arn] = self._active[task_arn] = state
+        self._ids[task_id] = task_arn
+        return task_arn
+
+    # -- DescribeTasks, StopTask, ListTasks, tags ------------------------------------------------
+    def _find(self, cluster: Dict[str, Any], reference: str) -> Optional[TaskState]:
+        """Under the lock: the task named by ARN or id in this cluster."""
+        state = self.states.get(self._ids.get(str(reference).rsplit("/", 1)[-1], ""))
+        return state if state is not None and state.task.cluster_arn == cluster["clusterArn"] else None
+
+    def _describe_tasks(self, call: Call) -> Dict[str, Any]:
+        wanted = call.params.get("tasks") or []
+        if not isinstance(wanted, list) or not 1 <= len(wanted) <= 100:
+            raise invalid("Tasks cannot be empty." if not wanted else "Too many tasks were specified (up to 100).")
+        cluster = self._cluster(call, call.params.get("cluster"))
+        with_tags = "TAGS" in (call.params.get("include") or [])
+        tasks, failures = [], []
+        with self.lock:  # one consistent snapshot: the lifecycle thread changes tasks under this lock
+            for reference in wanted:
+                state = self._find(cluster, reference)
+                if state is None:
+                    failures.append({"arn": reference, "reason": "MISSING"})
+                else:
+                    tasks.append(state.task.to_json(with_tags=with_tags))
+        return {"tasks": tasks, "failures": failures}
+
+    def _stop_task(self, call: Call) -> Dict[str, Any]:
+        cluster = self._cluster(call, call.params.get("cluster"))
+        reason = call.params.get("reason") or "Task stopped by user"
+        with self.lock:
+            state = self._find(cluster, call.params.get("task") or "")
+            if state is None:
+                raise invalid("The referenced task was not found.")
+            request_stop(state, time.monotonic(), str(reason), "UserInitiated")
+            return {"task": state.task.to_json()}
+
+    def _list_tasks(self, call: Call) -> Dict[str, Any]:
+        params = call.params
+        cluster = self._cluster(call, params.get("cluster"))
+        desired = params.get("desiredStatus") or "RUNNING"
+        if desired not in ("RUNNING", "PENDING", "STOPPED"):
+            raise invalid("desiredStatus must be one of RUNNING, PENDING, STOPPED.")
+        limit = params.get("maxResults") or 100
+        if not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise invalid("maxResults must be between 1 and 100.")
+        after = -1
+        if params.get("nextToken"):
+            try:
+                after = int(json.loads(base64.urlsafe_b64decode(params["nextToken"].encode()))["after"])
+            except (ValueError, KeyError, TypeError):
+                raise invalid("Invalid nextToken.") from None
+        family = params.get("family")
+        with self.lock:
+            matching = [(state.seq, state.task.task_arn) for state in self.states.values()
+                        if state.seq > after and state.task.cluster_arn == cluster["clusterArn"]
+                        and state.task.desired_status == desired
+                        and (family is None or state.task.family == family)
+                        and (params.get("startedBy") is None or state.task.started_by == params["startedBy"])
+                        and (params.get("launchType") is None or state.task.launch_type == params["launchType"])
+                        and not params.get("serviceName") and not params.get("containerInstance")]
+        answer: Dict[str, Any] = {"taskArns": [arn for _, arn in matching[:limit]]}
+        if len(matching) > limit:
+            answer["nextToken"] = base64.urlsafe_b64encode(
+                json.dumps({"after": matching[limit - 1][0]}).encode()).decode()
+        return answer
+
+    def _tagged_task(self, call: Call) -> TaskState:
+        """Under the lock: the task whose ARN is the request's resourceArn."""
+        state = self.states.get(call.params["resourceArn"])
+        if state is None:
+            raise invalid("The specified task is not found.")
+        return state
+
+    def _tag_resource(self, call: Call) -> Dict[str, Any]:
+        tags = check_tags(call.params.get("tags"))
+        with self.lock:
+            task = self._tagged_task(call).task
+            keys = {t["key"] for t in tags}
+            task.tags = [t for t in task.tags if t["key"] not in keys] + tags
+        return {}
+
+    def _untag_resource(self, call: Call) -> Dict[str, Any]:
+        keys = set(call.params.get("tagKeys") or [])
+        with self.lock:
+            task = self._tagged_task(call).task
+            task.tags = [t for t in task.tags if t["key"] not in keys]
+        return {}
+
+    def _list_tags_for_resource(self, call: Call) -> Dict[str, Any]:
+        with self.lock:
+            return {"tags": [dict(t) for t in self._tagged_task(call).task.tags]}
+
     # -- the clock --------------------------------------------------------------------------
     def _lifecycle(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
             with self.lock:
-                for state in list(self.states.values()):
-                    if not state.done:
-                        self._advance(state, time.monotonic())
-                        self._collect_log_lines(state)
+                now = time.monotonic()
+                for arn, state in list(self._active.items()):
+                    advance(state, now)
+                    self._collect_log_lines(state, now)
+                    if state.done:
+                        del self._active[arn]
             self._flush_log_lines()
 
-    @staticmethod
-    def _advance(state: TaskState, now: float) -> None:
-        task, plan = state.task, state.plan
-        age = now - state.born
-        if state.stop_requested_at is not None:
-            if task.last_status in ("PROVISIONING", "PENDING", "RUNNING"):
-                task.last_status = "DEACTIVATING"
-            if now - state.stop_requested_at >= plan.stop_delay:
-                ran = task.started_at if hasattr(task, "started_at") else None
-                for container in task.containers:
-                    container.exit_code = plan.sigterm_exit_code if ran else None
-                    container.last_status = "STOPPED"
-                LocalEcs._stopped(state)
-            return
-        if task.last_status == "PROVISIONING" and age >= plan.provisioning:
-            task.last_status = "PENDING"
-        if plan.stop_code == "TaskFailedToStart" and task.last_status == "PENDING" and \
-                age >= plan.provisioning + plan.pending:
-            task.stop_code, task.stopped_reason = plan.stop_code, plan.stopped_reason
-            for container in task.containers:
-                container.reason = plan.stopped_reason
-            LocalEcs._stopped(state)
-            return
-        if task.last_status == "PENDING" and age >= plan.provisioning + plan.pending:
-            task.last_status = "RUNNING"
-            task.started_at = utcnow()
-            for container in task.containers:
-                container.last_status = "RUNNING"
-        if task.last_status == "RUNNING" and age >= plan.provisioning + plan.pending + plan.running:
-            for container in task.containers:
-                if container.name in plan.exit_codes:
-                    container.exit_code = plan.exit_codes[container.name]
-                elif container.essential:
-                    container.exit_code = plan.exit_code
-                else:
-                    container.exit_code = plan.sidecar_exit_code
-                container.reason = plan.reasons.get(container.name)
-                container.last_status = "STOPPED"
-            task.stop_code, task.stopped_reason = plan.stop_code, plan.stopped_reason
-            LocalEcs._stopped(state)
-
-    @staticmethod
-    def _stopped(state: TaskState) -> None:
-        state.task.last_status = "STOPPED"
-        state.task.desired_status = "STOPPED"
-        state.task.stopped_at = utcnow()
-        state.stopped_monotonic = time.monotonic()
-        state.done = True
-
     # -- container log lines (the demo) ----------------------------------------------------
-    def _collect_log_lines(self, state: TaskState) -> None:
+    def _collect_log_lines(self, state: TaskState, now: float) -> None:
         """Under the lock: the lines this task's awslogs containers have written since last time."""
         if not self.container_logs:
             return
         writer = self._log_writers.get(state.task.task_arn)
         if writer is None:
-            definition = self.backend().describe_task_definition(state.task.task_definition_arn)
-            writer = self._log_writers[state.task.task_arn] = AwslogsWriter(state, definition.container_definitions)
-        self._log_lines.extend(writer.lines(time.monotonic()))
+            writer = self._log_writers[state.task.task_arn] = AwslogsWriter(state)
+        self._log_lines.extend((state.region, group, stream, message) for group, stream, message in writer.lines(now))
 
     def _flush_log_lines(self) -> None:
-        """Outside the lock: put the collected lines into CloudWatch Logs through the endpoint."""
+        """Outside the lock: put the collected lines into moto's CloudWatch Logs."""
         with self.lock:
             lines, self._log_lines = self._log_lines, []
         if not lines:
             return
         import botocore.exceptions
 
-        logs = self._logs_client = getattr(self, "_logs_client", None) or self.client("logs")
-        for group, stream, message in lines:
+        for region, group, stream, message in lines:
+            logs = self._logs_clients.get(region)
+            if logs is None:
+                logs = self._logs_clients[region] = self.client("logs", region=region, url=self.moto_url)
             for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
                                    (logs.create_log_stream, {"logGroupName": group, "logStreamName": stream})):
                 try:
@@ -384,15 +533,157 @@ class LocalEcs:
                 {"timestamp": int(time.time() * 1000), "message": message}])
 
 
+def run_shape(params: Dict[str, Any], cluster: Dict[str, Any], definition: Dict[str, Any],
+              definition_tags: List[Dict[str, str]]) -> Dict[str, Any]:
+    """What a RunTask request makes of its tasks, checked as ECS checks it (InvalidParameterException)."""
+    count = params.get("count", 1)
+    if not isinstance(count, int) or not 1 <= count <= 10:
+        raise invalid("count must be between 1 and 10.")
+    started_by = params.get("startedBy")
+    if started_by is not None and not STARTED_BY.fullmatch(str(started_by)):
+        raise invalid("startedBy may contain up to 36 letters (uppercase and lowercase), numbers, hyphens, "
+                      "forward slashes and underscores.")
+    launch_type, strategy = params.get("launchType"), params.get("capacityProviderStrategy")
+    if launch_type and strategy:
+        raise invalid("Specifying both a launch type and capacity provider strategy is not supported. "
+                      "Remove one and try again.")
+    provider = None
+    if not launch_type:
+        strategy = strategy or cluster.get("defaultCapacityProviderStrategy") or []
+        provider = choose_capacity_provider(strategy, cluster.get("capacityProviders") or [])
+        launch_type = "FARGATE" if provider in FARGATE_PROVIDERS else "EC2"
+    elif launch_type not in ("EC2", "FARGATE", "EXTERNAL"):
+        raise invalid(f"launchType {launch_type} is not one of EC2, FARGATE, EXTERNAL.")
+    network = params.get("networkConfiguration")
+    if definition.get("networkMode") == "awsvpc" and not (network or {}).get("awsvpcConfiguration"):
+        raise invalid("Network Configuration must be provided when networkMode 'awsvpc' is specified.")
+    if launch_type == "FARGATE" and definition.get("networkMode") not in (None, "awsvpc"):
+        raise invalid("Fargate only supports network mode 'awsvpc'.")
+    if network is not None and not ((network.get("awsvpcConfiguration") or {}).get("subnets")):
+        raise invalid("subnets can not be empty.")
+    overrides = params.get("overrides") or {}
+    names = {c["name"] for c in definition.get("containerDefinitions", [])}
+    for override in overrides.get("containerOverrides") or []:
+        if override.get("name") not in names:
+            raise invalid(f"Override for container named {override.get('name')} is not a container in the "
+                          "TaskDefinition.")
+    tags = check_tags(params.get("tags"))
+    propagate = params.get("propagateTags")
+    if propagate not in (None, "NONE", "TASK_DEFINITION", "SERVICE"):
+        raise invalid("propagateTags must be one of TASK_DEFINITION, SERVICE, NONE.")
+    if propagate == "SERVICE":
+        raise invalid("The task must be launched by a service to propagate tags from the service.")
+    if propagate == "TASK_DEFINITION":
+        keys = {t["key"] for t in tags}
+        tags = [dict(t) for t in definition_tags if t["key"] not in keys] + tags
+        check_tags(tags)
+    family = definition["taskDefinitionArn"].rsplit("/", 1)[-1].rsplit(":", 1)[0]
+    platform = params.get("platformVersion")
+    return {"count": count, "startedBy": started_by, "group": params.get("group") or f"family:{family}",
+            "overrides": overrides, "launchType": launch_type, "capacityProviderName": provider,
+            "platformVersion": ("1.4.0" if platform in (None, "LATEST") else platform)
+            if launch_type == "FARGATE" else None,
+            "tags": tags, "networkConfiguration": network,
+            "cpu": str(overrides.get("cpu") or definition.get("cpu") or "") or None,
+            "memory": str(overrides.get("memory") or definition.get("memory") or "") or None,
+            "enableExecuteCommand": bool(params.get("enableExecuteCommand"))}
+
+
+def choose_capacity_provider(strategy: List[Dict[str, Any]], associated: List[str]) -> Optional[str]:
+    """The provider a task lands on: the one with a base, else the first with weight (None: no strategy)."""
+    if not strategy:
+        return None
+    for item in strategy:
+        name = item.get("capacityProvider")
+        if name not in associated:
+            raise invalid(f"The specified capacity provider strategy cannot contain a capacity provider that is "
+                          f"not associated with the cluster ({name}). Associate the capacity provider with the "
+                          "cluster or specify a valid capacity provider and try again.")
+        if not 0 <= int(item.get("weight", 0)) <= 1000 or not 0 <= int(item.get("base", 0)) <= 100000:
+            raise invalid("The capacity provider strategy has a weight or base out of range.")
+    if sum(1 for item in strategy if item.get("base")) > 1:
+        raise invalid("Only one capacity provider in a capacity provider strategy can have a base defined.")
+    if all(not item.get("weight") for item in strategy) and not any(item.get("base") for item in strategy):
+        raise invalid("At least one capacity provider in a capacity provider strategy must have a weight "
+                      "greater than zero.")
+    based = [item for item in strategy if item.get("base")]
+    chosen = based[0] if based else next(item for item in strategy if item.get("weight"))
+    return str(chosen["capacityProvider"])
+
+
+def check_tags(tags: Any) -> List[Dict[str, str]]:
+    tags = tags or []
+    if not isinstance(tags, list) or len(tags) > 50:
+        raise invalid("A resource can have at most 50 tags.")
+    checked = []
+    for tag in tags:
+        key, value = tag.get("key"), tag.get("value", "")
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or len(str(value)) > 256:
+            raise invalid("Tag keys must be 1 to 128 characters and values at most 256 characters.")
+        if key.lower().startswith("aws:"):
+            raise invalid("Tag keys may not begin with aws:, which is reserved for AWS use.")
+        checked.append({"key": key, "value": str(value)})
+    return checked
+
+
+def is_task_arn(arn: Any) -> bool:
+    return isinstance(arn, str) and arn.startswith("arn:") and ":task/" in arn
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def front_handler(sim: LocalEcs) -> type:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            sim._serve(self)
+
+        do_GET = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_POST
+
+    return Handler
+
+
+def answer_json(handler: http.server.BaseHTTPRequestHandler, status: int, answer: Dict[str, Any]) -> None:
+    send(handler, status, [("Content-Type", JSON_TYPE), ("x-amzn-RequestId", str(uuid.uuid4()))],
+         json.dumps(answer).encode())
+
+
+def send(handler: http.server.BaseHTTPRequestHandler, status: int, headers: List[Tuple[str, str]],
+         payload: bytes) -> None:
+    handler.send_response(status)
+    for key, value in headers:
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(payload)
+
+
+def hang_up(handler: http.server.BaseHTTPRequestHandler) -> None:
+    handler.close_connection = True
+    try:
+        handler.connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class AwslogsWriter:
     """What one task's awslogs containers print: a line every LOG_LINE_SECONDS while RUNNING, then
     the line a job prints as it exits. Streams are named as ECS names them: PREFIX/CONTAINER/TASK_ID."""
 
-    def __init__(self, state: TaskState, definitions: List[Dict[str, Any]]) -> None:
+    def __init__(self, state: TaskState) -> None:
         self.state = state
         self.targets = []
-        task_id = state.task.task_arn.rsplit("/", 1)[-1]
-        for definition in definitions:
+        task_id = state.task.id
+        for definition in state.definitions:
             config = definition.get("logConfiguration") or {}
             options = config.get("options") or {}
             if config.get("logDriver") == "awslogs" and options.get("awslogs-group") and \
@@ -403,7 +694,7 @@ class AwslogsWriter:
         self.next_at: Optional[float] = None
         self.finished = False
 
-    def lines(self, now: float) -> List[Any]:
+    def lines(self, now: float) -> List[Tuple[str, str, str]]:
         task = self.state.task
         if not self.targets or self.finished or task.last_status not in ("RUNNING", "DEACTIVATING", "STOPPED"):
             return []
@@ -422,3 +713,4 @@ class AwslogsWriter:
                 if code is not None:
                     out.append((group, stream, f"{name}: {why}exiting with code {code}"))
         return out
+

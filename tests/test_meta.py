@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, run_cli
 
 
-@pytest.mark.parametrize("path", ["ecsbatch.py", "localecs/__init__.py", "localecs/proxy.py"])
+@pytest.mark.parametrize("path", ["ecsbatch.py", "localecs/__init__.py", "localecs/lifecycle.py", "localecs/proxy.py"])
 def test_syntax_is_python_3_9(path):
     ast.parse((REPO / path).read_text(), filename=path, feature_version=(3, 9))
 

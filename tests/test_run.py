@@ -220,7 +220,7 @@ def test_task_that_vanishes_after_being_seen_is_125(job):
     running = job.start(plan=Plan(running=60))
     running.wait_for("RUNNING")
     task = job.only_task()
-    del job.ecs.backend().tasks[job.cluster][task.task_arn]
+    job.ecs.forget(task.task_arn)
     result = running.finish()
     assert result.code == 125, result
     assert "unknown to ECS (MISSING)" in result.stderr.splitlines()[-1]
