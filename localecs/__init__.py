@@ -114,7 +114,7 @@ class LocalEcs:
         self._stop = threading.Event()
         self._moto: Any = None
         self._moto_port = 0
-        self._front: Optional[http.server.ThreadingHTTPServer] = None
+        self._front: Optional[FrontServer] = None
         self._threads: List[threading.Thread] = []
         self._upstream = threading.local()
         self._operations: Dict[str, Callable[[Call], Dict[str, Any]]] = {
@@ -130,8 +130,7 @@ class LocalEcs:
         self._moto_port = free_port()
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self._moto_port, verbose=False)
         self._moto.start()
-        self._front = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), front_handler(self))
-        self._front.daemon_threads = True
+        self._front = FrontServer(("127.0.0.1", self.port), front_handler(self))
         self.port = self._front.server_address[1]
         for name, target in (("localecs-http", self._front.serve_forever), ("localecs-lifecycle", self._lifecycle)):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -636,6 +635,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class FrontServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a runner killed mid-request, Ctrl-C) is no error to print."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def front_handler(sim: LocalEcs) -> type:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -644,7 +654,10 @@ def front_handler(sim: LocalEcs) -> type:
             pass
 
         def do_POST(self) -> None:
-            sim._serve(self)
+            try:
+                sim._serve(self)
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
 
         do_GET = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_POST
 

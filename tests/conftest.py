@@ -197,4 +197,17 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> str:
     return line
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The modules that share a module-scoped fixture (the pipeline rehearsals: a build each) take
+    the longest, so they go first: with `--dist loadfile --no-loadscope-reorder` each starts at once
+    on a worker of its own while the other workers share the rest."""
+    def shares_a_module_fixture(item) -> bool:
+        definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}) or {}
+        return any(d and d[-1].scope == "module" for d in definitions.values())
+
+    heavy = {item.module.__name__ for item in items if shares_a_module_fixture(item)}
+    items.sort(key=lambda item: item.module.__name__ not in heavy)  # stable: the order within stays
+
+
 __all__ = ["Plan", "Running", "signal", "assert_one_line_error", "offline_env", "run_cli", "Job", "Result", "REPO", "APP", "SIDECAR"]
