@@ -8,7 +8,8 @@
     python -m localecs serve                # keep the endpoint up; try status, stop, wait, logs
 
 Everything before `--` and after it is passed to `ecsbatch run`. No AWS account is used: the
-endpoint is moto's server on 127.0.0.1 with a scripted task lifecycle (see localecs/__init__.py).
+endpoint is localecs on 127.0.0.1, a scripted task lifecycle in front of moto's server (see
+localecs/__init__.py).
 
 The demo registers a variant of the shipped register-task.yaml whose app container logs through
 the awslogs driver instead of FireLens, so that ecsbatch can stream its log lines; the local

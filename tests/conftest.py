@@ -1,7 +1,7 @@
 """Shared fixtures: one local ECS endpoint per session, one task definition and run file per test.
 
 Every CLI test runs ecsbatch as a subprocess, the way Hinemos and CodeBuild do, and talks HTTP to
-moto's server on loopback. The test scripts each task's fate with a localecs.Plan.
+localecs on loopback (in front of moto's server). The test scripts each task's fate with a localecs.Plan.
 """
 
 from __future__ import annotations
