@@ -198,6 +198,16 @@ class LocalEcs:
         with self.lock:
             return [s.task for s in self.states.values()]
 
+    def finish(self, task_arn: str) -> None:
+        """End a RUNNING task's run now, with the exit codes its plan gives: for a test that needs
+        a job to outlive some steps and then end, without waiting out a fixed running time."""
+        with self.lock:
+            state = self.states[task_arn]
+            if state.task.last_status == "RUNNING" and state.stop_requested_at is None:
+                age = time.monotonic() - state.born
+                state.plan = copy_plan(state.plan, running=max(0.0, age - state.plan.provisioning
+                                                               - state.plan.pending))
+
     def forget(self, task_arn: str) -> None:
         """Make ECS forget a task, as it does an hour after it stopped: DescribeTasks says MISSING."""
         with self.lock:

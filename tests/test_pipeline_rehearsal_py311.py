@@ -59,6 +59,8 @@ def test_redeploys_keep_the_release_a_running_job_uses(build, ecs, batch):
         assert deployed.ok, deployed.output
     assert job_release.split("/")[-1] in batch.releases(), "pruned under a running job"
     assert "a running process uses it" in deployed.output
+    (job_task,) = [arn for arn, state in ecs.states.items() if not state.done and state.plan.exit_code == 6]
+    ecs.finish(job_task)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 6, err
     deployed = batch.deploy(build.release)
