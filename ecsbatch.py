@@ -5,12 +5,15 @@ exits with the exit code of the container that counts. `wait`, `status`, `stop` 
 for operators; `register` registers a task definition per image tag, and `validate` checks both
 request files offline.
 
-The file reads top-down:
-  1. the exit-code contract and constants;
-  2. pure decisions: parse and validate input, render templates, judge a stopped task;
-  3. a thin AWS layer;
-  4. the wait loop and the signal guard;
-  5. the click commands, thin shells over the rest.
+The file is cut by subject, like bottle.py; inside each section pure functions come first and
+the ones that do I/O after them:
+  1. the contract: exit codes, constants, exception types;
+  2. request files: reading, YAML loading, templating, validation, pinning;
+  3. the verdict: judgment of a stopped task, summaries, failure context;
+  4. AWS: clients, thin wrappers, errors, redaction;
+  5. waiting: the signal guard, the poller, the supervisor, the log follower;
+  6. output: progress, the quiet budget, the result line, safe streams, the system log;
+  7. commands: shared options, then the click commands, thin shells over the rest.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ import click
 
 __version__ = "0.1.0"
 
+
 # ---------------------------------------------------------------------------------------------
-# 1. The exit-code contract and constants
+# 1. The contract: exit codes, constants, exception types
 # ---------------------------------------------------------------------------------------------
+
 # 0-255 is the exit code of the container that counts. Everything else is ecsbatch's own word:
 # Job authors keep their own failures in 1-99, so that no container code reads as one of these.
 EXIT_USAGE = 2  # bad usage or a bad input file; nothing was launched
@@ -186,6 +191,14 @@ class StillRunning(EcsbatchError):
     exit_code = EXIT_TIMEOUT
 
 
+class LaunchInterrupted(EcsbatchError):
+    """A signal arrived while RunTask had no answer, and no task was found to stop."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = EXIT_FOR_SIGNAL[signum]
+
+
 class Interrupted(BaseException):
     """SIGHUP, SIGINT, SIGQUIT or SIGTERM arrived. A BaseException so that no `except Exception`
     swallows it."""
@@ -195,16 +208,12 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class Verdict(NamedTuple):
-    """What a stopped task means for the job: the exit code and one line that explains it."""
-
-    exit_code: int
-    message: str
+class TimeoutExpired(Exception):
+    pass
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Pure decisions
-# ---------------------------------------------------------------------------------------------
+class TaskMissing(Exception):
+    pass
 
 
 def format_path(path: Tuple[Any, ...]) -> str:
@@ -228,6 +237,15 @@ def clipped(text: Any, limit: int = 4 * SHOWN_LIMIT) -> str:
     """Free text from elsewhere (an AWS message, a process's stderr) on one line, cut to `limit`."""
     flat = " ".join("".join(c if c.isprintable() or c.isspace() else repr(c)[1:-1] for c in str(text)).split())
     return flat if len(flat) <= limit else f"{flat[:limit]}... ({len(flat)} characters)"
+
+
+def one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Request files: reading, YAML, templating, validation, pinning
+# ---------------------------------------------------------------------------------------------
 
 
 def parse_duration(text: str) -> float:
@@ -341,6 +359,35 @@ def render_template(data: Any, variables: Mapping[str, str], source: str) -> Any
     return rendered
 
 
+def template_variables(variables: Tuple[str, ...], extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """--var first, then --var-file, then the environment."""
+    merged = dict(os.environ)
+    context = click.get_current_context(silent=True)
+    merged.update(context.meta.get("ecsbatch.var_file", {}) if context is not None else {})
+    merged.update(parse_assignments(variables, "--var", identifier=True))
+    merged.update(extra or {})
+    return merged
+
+
+def yaml_error_text(exc: Exception, text: str, source: str) -> str:
+    """One line for any of PyYAML's errors, naming the line and column."""
+    import yaml
+
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f"{source}:{line}:{column}: YAML does not allow the character {shown(character)}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        if isinstance(exc, request_loader().RequestYamlError):
+            return f"{where}: {exc.problem}"
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        return f"{where}: YAML syntax error: {clipped(what)}"
+    return f"{source}: YAML error: {clipped(exc)}"
+
+
 _request_loader: Any = None
 
 
@@ -428,25 +475,6 @@ def request_loader() -> Any:
     return RequestLoader
 
 
-def yaml_error_text(exc: Exception, text: str, source: str) -> str:
-    """One line for any of PyYAML's errors, naming the line and column."""
-    import yaml
-
-    if isinstance(exc, yaml.reader.ReaderError):
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
-        return f"{source}:{line}:{column}: YAML does not allow the character {shown(character)}"
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        if isinstance(exc, request_loader().RequestYamlError):
-            return f"{where}: {exc.problem}"
-        what = " ".join(part for part in (exc.context, exc.problem) if part)
-        return f"{where}: YAML syntax error: {clipped(what)}"
-    return f"{source}: YAML error: {clipped(exc)}"
-
-
 def load_yaml(text: str, source: str) -> Any:
     """Parse one YAML document with request_loader(); any problem is an InputError."""
     import yaml
@@ -468,24 +496,6 @@ def parse_yaml_mapping(text: str, source: str) -> Dict[str, Any]:
         raise InputError(f"{source}: the top level must be a mapping of request parameters, "
                          f"not a {type(data).__name__}")
     return data
-
-
-_botocore_session = None
-
-
-def botocore_session() -> Any:
-    """One botocore session per process: validation and the client share its parsed ECS model."""
-    global _botocore_session
-    if _botocore_session is None:
-        import botocore.session
-
-        _botocore_session = botocore.session.get_session()
-    return _botocore_session
-
-
-def ecs_service_model() -> Any:
-    """botocore's own ECS model, read from disk: no credentials, no network."""
-    return botocore_session().get_service_model("ecs")
 
 
 def describe_validation_error(error_type: str, name: str, details: Mapping[str, Any]) -> str:
@@ -587,26 +597,6 @@ def check_started_by(value: str) -> str:
     return value
 
 
-def essential_container_names(task_definition: Mapping[str, Any]) -> List[str]:
-    """Essential containers in definition order. ECS treats a missing `essential` as true."""
-    return [c["name"] for c in task_definition.get("containerDefinitions", []) if c.get("essential", True)]
-
-
-def counted_container_names(task_definition: Mapping[str, Any], container: Optional[str]) -> List[str]:
-    """The containers whose exit codes decide the job: --container, else the essential ones."""
-    names = [c["name"] for c in task_definition.get("containerDefinitions", [])]
-    if container is not None:
-        if container not in names:
-            raise InputError(f"--container {shown(container)} is not in task definition "
-                             f"{task_definition_label(task_definition)} (it has {', '.join(names)})")
-        return [container]
-    return essential_container_names(task_definition) or names
-
-
-def task_definition_label(task_definition: Mapping[str, Any]) -> str:
-    return f"{task_definition.get('family')}:{task_definition.get('revision')}"
-
-
 def job_key_started_by(job_key: str) -> str:
     """A startedBy that fits ECS's 36 characters, derived from any text such as Hinemos job
     variables. The same text always gives the same key, so a stop command can find the task."""
@@ -698,12 +688,234 @@ def task_tags(user_tags: Any, *, client_token: str, request_digest: str,
     return theirs + ours
 
 
+def build_run_request(
+    base: Mapping[str, Any],
+    *,
+    target_container: str,
+    env: Mapping[str, str],
+    command: Tuple[str, ...],
+) -> Dict[str, Any]:
+    """Merge -e and the trailing command into the target container's overrides; the CLI wins."""
+    request = copy.deepcopy(dict(base))
+    if not env and not command:
+        return request
+    overrides = request.setdefault("overrides", {})
+    container_overrides = overrides.setdefault("containerOverrides", [])
+    entry = next((o for o in container_overrides if o.get("name") == target_container), None)
+    if entry is None:
+        entry = {"name": target_container}
+        container_overrides.append(entry)
+    if env:
+        merged = [e for e in entry.get("environment", []) if e.get("name") not in env]
+        entry["environment"] = merged + [{"name": k, "value": v} for k, v in env.items()]
+    if command:
+        entry["command"] = list(command)
+    return request
+
+
+def normalized_definition(definition: Mapping[str, Any], fields: List[str]) -> Dict[str, Any]:
+    """A task definition reduced to the request fields, without empties or ECS-filled defaults."""
+
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            pruned = {k: prune(v) for k, v in value.items()}
+            return {k: v for k, v in pruned.items() if v not in (None, [], {})}
+        if isinstance(value, list):
+            return [prune(v) for v in value]
+        return value
+
+    def drop_defaults(item: Dict[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
+        return {k: v for k, v in item.items() if not (k in defaults and defaults[k] == v)}
+
+    result = prune({k: v for k, v in definition.items() if k in fields})
+    containers = []
+    for container in result.get("containerDefinitions", []):
+        container = drop_defaults(container, CONTAINER_DEFAULTS)
+        if "portMappings" in container:
+            container["portMappings"] = [
+                drop_defaults({k: v for k, v in m.items()
+                               if not (k == "hostPort" and v == m.get("containerPort"))},
+                              PORT_MAPPING_DEFAULTS)
+                for m in container["portMappings"]]
+        containers.append(container)
+    if containers:
+        result["containerDefinitions"] = containers
+    return result
+
+
+def definition_matches(request: Mapping[str, Any], registered: Mapping[str, Any],
+                       registered_tags: List[Mapping[str, str]], fields: List[str]) -> bool:
+    """Would registering `request` give the same definition as the `registered` revision?"""
+    wanted = normalized_definition(request, fields)
+    have = normalized_definition(dict(registered, tags=registered_tags), fields)
+    wanted_tags = sorted((t["key"], t.get("value")) for t in wanted.pop("tags", []))
+    have_tags = sorted((t["key"], t.get("value")) for t in have.pop("tags", []))
+    return wanted == have and wanted_tags == have_tags
+
+
+def pin_task_definition(text: str, value: str, source: str) -> str:
+    """Set the top-level `taskDefinition` of a YAML file to `value`, keeping every other byte."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=request_loader())
+    except yaml.YAMLError as exc:
+        raise InputError(f"cannot pin, {yaml_error_text(exc, text, source)}") from exc
+    if not isinstance(root, yaml.MappingNode):
+        raise InputError(f"{source}: cannot pin, the top level is not a mapping")
+    rendered = json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+    plain = value if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_:/.-]*", value) else rendered
+    for key_node, value_node in root.value:
+        if key_node.value == "taskDefinition":
+            if not isinstance(value_node, yaml.ScalarNode):
+                raise InputError(f"{source}: cannot pin, taskDefinition is not a plain value")
+            start, end = value_node.start_mark.index, value_node.end_mark.index
+            new_text = text[:start] + plain + text[end:]
+            break
+    else:
+        new_text = text + ("" if text.endswith("\n") or not text else "\n") + f"taskDefinition: {plain}\n"
+    original, pinned = load_yaml(text, source), load_yaml(new_text, source)
+    original["taskDefinition"] = value
+    if pinned != original:
+        raise InputError(f"{source}: cannot pin taskDefinition safely; set it to {value} by hand")
+    return new_text
+
+
+def dump_yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError as exc:
+        raise InputError(f"{what} {path} not found: pass its path, or run where the file is") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} {path}: {one_line(exc)}") from exc
+
+
+def load_request(path: str, variables: Mapping[str, str]) -> Dict[str, Any]:
+    """Read, parse and render one request file."""
+    return render_template(parse_yaml_mapping(read_text(path, "request file"), path), variables, path)
+
+
+def fail_on_problems(source: str, problems: List[str]) -> None:
+    if problems:
+        raise InputError(f"{source}: " + "; ".join(problems))
+
+
+def read_pin_target(path: str) -> str:
+    """Read the --pin file and prove, before anything is registered, that it can be rewritten:
+    a pin that fails after RegisterTaskDefinition leaves a revision that nothing runs."""
+    text = read_text(path, "--pin file")
+    pin_task_definition(text, "check:1", path)  # fail before registering, not after
+    target = os.path.realpath(path)
+    if not os.access(target, os.W_OK):
+        raise InputError(f"--pin file {path} is read-only: make it writable, or pin another file")
+    try:
+        fd, temporary = create_beside(target, 0o600)
+        os.close(fd)
+        os.unlink(temporary)
+    except OSError as exc:
+        raise InputError(f"--pin file {path}: cannot write in its directory {os.path.dirname(target)}: "
+                         f"{clipped(exc.strerror or exc)}") from exc
+    return text
+
+
+def create_beside(target: str, mode: int) -> Tuple[int, str]:
+    """A new file next to `target` with an unguessable name, created exclusively (never through a
+    symlink or over another file), with `mode` from the first byte on."""
+    import secrets
+
+    directory, name = os.path.split(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temporary = os.path.join(directory, f".{name}.ecsbatch-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(temporary, flags, mode)
+        except FileExistsError:
+            continue
+        os.fchmod(fd, mode)  # os.open's mode passes through the umask; the final mode is exact
+        return fd, temporary
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace the file at `path`, or the file a symlink at `path` points to, in one rename.
+
+    A symlink is followed, as the editors do: the link stays and its target is pinned, which
+    is the file the jobs read (e.g. current/run-task.yaml -> releases/…/run-task.yaml)."""
+    target = os.path.realpath(path)
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except OSError:
+        mode = 0o644
+    fd, temporary = create_beside(target, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The verdict: judgment, summaries, failure context
+# ---------------------------------------------------------------------------------------------
+
+
+class Verdict(NamedTuple):
+    """What a stopped task means for the job: the exit code and one line that explains it."""
+
+    exit_code: int
+    message: str
+
+
+class Outcome(NamedTuple):
+    exit_code: int
+    kind: str  # succeeded, failed, timeout, interrupted, missing, error, not-stopped
+    message: str
+    task: Optional[Dict[str, Any]]
+
+
+def essential_container_names(task_definition: Mapping[str, Any]) -> List[str]:
+    """Essential containers in definition order. ECS treats a missing `essential` as true."""
+    return [c["name"] for c in task_definition.get("containerDefinitions", []) if c.get("essential", True)]
+
+
+def counted_container_names(task_definition: Mapping[str, Any], container: Optional[str]) -> List[str]:
+    """The containers whose exit codes decide the job: --container, else the essential ones."""
+    names = [c["name"] for c in task_definition.get("containerDefinitions", [])]
+    if container is not None:
+        if container not in names:
+            raise InputError(f"--container {shown(container)} is not in task definition "
+                             f"{task_definition_label(task_definition)} (it has {', '.join(names)})")
+        return [container]
+    return essential_container_names(task_definition) or names
+
+
+def task_definition_label(task_definition: Mapping[str, Any]) -> str:
+    return f"{task_definition.get('family')}:{task_definition.get('revision')}"
+
+
 def tag_value(task: Mapping[str, Any], key: str) -> Optional[str]:
     """One tag of a DescribeTasks entry (asked with include=["TAGS"])."""
     for tag in task.get("tags") or []:
         if tag.get("key") == key:
             return tag.get("value")
     return None
+
+
+def is_ecsbatch_task(task: Mapping[str, Any]) -> bool:
+    started_by = task.get("startedBy") or ""
+    return started_by == DEFAULT_STARTED_BY or started_by.startswith(JOB_KEY_PREFIX)
 
 
 def expired_tasks(tasks: List[Mapping[str, Any]], now: datetime.datetime,
@@ -759,144 +971,6 @@ def rerun_decision(live: List[Mapping[str, Any]], digest: str, key: str, if_runn
                                              "not launching another (--if-running fail)")
     return RerunDecision("attach", oldest, f"task {tid} of this job (key {key}) is already "
                                            f"{oldest.get('lastStatus')}: attaching to it instead of launching another")
-
-
-def runner_file_name(key: str, pid: int) -> str:
-    """The registry entry of one runner of a key: a hex name, whatever the key holds."""
-    import hashlib
-
-    return f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.{pid}.json"
-
-
-def is_ecsbatch_task(task: Mapping[str, Any]) -> bool:
-    started_by = task.get("startedBy") or ""
-    return started_by == DEFAULT_STARTED_BY or started_by.startswith(JOB_KEY_PREFIX)
-
-
-def task_reference(task: str, cluster: Optional[str]) -> Optional[str]:
-    """The cluster for a TASK argument: --cluster, else the one a long-format ARN names."""
-    if cluster is None and task.startswith("arn:"):
-        parts = task.split(":", 5)[-1].split("/")  # task/CLUSTER/ID
-        if len(parts) == 3:
-            return parts[1]
-    return cluster
-
-
-class LogSource(NamedTuple):
-    group: str
-    stream: str
-    region: Optional[str]
-
-
-def container_log_source(task_definition: Mapping[str, Any], container: str,
-                         task_arn: str) -> Tuple[Optional[LogSource], str]:
-    """Where one container's log lines can be read, and a sentence that says where they go."""
-    definition = next((c for c in task_definition.get("containerDefinitions", []) if c.get("name") == container), {})
-    config = definition.get("logConfiguration") or {}
-    driver, options = config.get("logDriver"), config.get("options") or {}
-    if driver == "awslogs":
-        group, prefix = options.get("awslogs-group"), options.get("awslogs-stream-prefix")
-        if group and prefix:
-            stream = f"{prefix}/{container}/{task_id(task_arn)}"
-            return LogSource(group, stream, options.get("awslogs-region")), f"CloudWatch Logs {group} {stream}"
-        return None, (f"container {container} logs to CloudWatch Logs group {group} without "
-                      "awslogs-stream-prefix, so its stream cannot be named; see the ECS console")
-    if not driver:
-        return None, f"container {container} has no log configuration; its output is not kept"
-    destination = options.get("Host") or options.get("fluentd-address") or options.get("Name")
-    return None, (f"container {container} sends its logs through {driver}"
-                  f"{' to ' + destination if destination else ''}; ecsbatch does not stream them: "
-                  f"search there for task {task_id(task_arn)}")
-
-
-def status_rows(tasks: List[Mapping[str, Any]]) -> List[Dict[str, str]]:
-    """One row per task for `ecsbatch status`, newest first."""
-    rows = []
-    for task in sorted(tasks, key=lambda t: str(t.get("createdAt") or ""), reverse=True):
-        codes = " ".join(f"{c.get('name')}={c.get('exitCode', '-')}" for c in task.get("containers", []))
-        rows.append({
-            "TASK": task_id(task.get("taskArn", "?")),
-            "STATUS": task.get("lastStatus") or "-",
-            "STARTED BY": task.get("startedBy") or "-",
-            "DEFINITION": task.get("taskDefinitionArn", "").rsplit("/", 1)[-1] or "-",
-            "CREATED": iso_time(task.get("createdAt")) or "-",
-            "STOP CODE": task.get("stopCode") or "-",
-            "EXIT CODES": codes or "-",
-        })
-    return rows
-
-
-def format_table(rows: List[Mapping[str, str]]) -> str:
-    if not rows:
-        return ""
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def task_details(task: Mapping[str, Any]) -> str:
-    """Everything an operator asks about one task, one fact per line."""
-    lines = [
-        f"task          {task.get('taskArn')}",
-        f"status        {task.get('lastStatus')} (desired {task.get('desiredStatus')})",
-        f"definition    {task.get('taskDefinitionArn')}",
-        f"started by    {task.get('startedBy') or '-'}",
-        f"created       {iso_time(task.get('createdAt')) or '-'}",
-        f"started       {iso_time(task.get('startedAt')) or '-'}",
-        f"stopped       {iso_time(task.get('stoppedAt')) or '-'}",
-        f"stop code     {task.get('stopCode') or '-'}",
-        f"stop reason   {one_line(task.get('stoppedReason') or '-')}",
-    ]
-    for container in task.get("containers", []):
-        code = container.get("exitCode")
-        lines.append(f"container     {container.get('name')}: {container.get('lastStatus')}, "
-                     f"exitCode={'-' if code is None else code}, reason={one_line(container.get('reason') or '-')}")
-    return "\n".join(lines)
-
-
-def build_run_request(
-    base: Mapping[str, Any],
-    *,
-    target_container: str,
-    env: Mapping[str, str],
-    command: Tuple[str, ...],
-) -> Dict[str, Any]:
-    """Merge -e and the trailing command into the target container's overrides; the CLI wins."""
-    request = copy.deepcopy(dict(base))
-    if not env and not command:
-        return request
-    overrides = request.setdefault("overrides", {})
-    container_overrides = overrides.setdefault("containerOverrides", [])
-    entry = next((o for o in container_overrides if o.get("name") == target_container), None)
-    if entry is None:
-        entry = {"name": target_container}
-        container_overrides.append(entry)
-    if env:
-        merged = [e for e in entry.get("environment", []) if e.get("name") not in env]
-        entry["environment"] = merged + [{"name": k, "value": v} for k, v in env.items()]
-    if command:
-        entry["command"] = list(command)
-    return request
-
-
-def one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
-def task_id(task_arn: str) -> str:
-    return task_arn.rsplit("/", 1)[-1]
-
-
-def cluster_arg(cluster: Optional[str]) -> Dict[str, str]:
-    """The cluster keyword for an ECS call; no cluster means ECS's default cluster."""
-    return {"cluster": cluster} if cluster else {}
-
-
-def cli_cluster_arg(cluster: Optional[str]) -> str:
-    """The same, for a command line printed for an operator."""
-    return f"--cluster {cluster} " if cluster else ""
 
 
 def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str], *, late_stop: bool = False) -> Verdict:
@@ -1038,11 +1112,6 @@ def judge_missing(missing: str, attempt: StopAttempt, *, cluster: Optional[str],
                    f"with: {stop_command(cluster, task_arn)}")
 
 
-def next_poll_delay(poll_interval: float, rng: random.Random, *, first: bool = False) -> float:
-    """Never more than poll_interval; the first poll is spread over the whole interval."""
-    return poll_interval * rng.uniform(FIRST_POLL_FLOOR if first else POLL_JITTER_FLOOR, 1.0)
-
-
 def launch_failure_message(failures: List[Mapping[str, Any]]) -> str:
     details = "; ".join(
         one_line(" ".join(str(f.get(k)) for k in ("arn", "reason", "detail") if f.get(k)))
@@ -1129,206 +1198,43 @@ def code_owner(task: Optional[Mapping[str, Any]], counted_names: List[str], exit
     return ", ".join(name for name, _ in codes) if exit_code == 0 else None
 
 
-def result_line(task_arn: Optional[str], exit_code: int, owner: Optional[str]) -> str:
-    """The stable line for schedulers: `ecsbatch-result: task=ID exit=N from=container|ecsbatch`."""
-    return (f"{RESULT_LINE_PREFIX} task={task_id(task_arn) if task_arn else '-'} exit={exit_code} "
-            f"from={'ecsbatch' if owner is None else 'container'}")
+def verdict_kind(verdict: Verdict, task: Mapping[str, Any]) -> str:
+    """The --json outcome of a task judged as it stopped."""
+    if verdict.exit_code == 0:
+        return "succeeded"
+    return "interrupted" if is_operator_stop(task) else "failed"
 
 
-# How a part of a line fares when the line must fit a byte budget: by the issue's priority, the
-# exit code, whose it is, the task id and the stopCode are kept whole; a reason is shortened in
-# the middle; advice is dropped first.
-KEEP, SHORTEN, DROP = "keep", "shorten", "drop"
+# ---------------------------------------------------------------------------------------------
+# 4. AWS: clients, wrappers, errors, redaction
+# ---------------------------------------------------------------------------------------------
 
 
-def encoded_size(text: str, encoding: str = "utf-8") -> int:
-    """Bytes that `text` takes on a stream with this encoding and errors="replace"."""
-    return len(text.encode(encoding, errors="replace"))
+def task_id(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[-1]
 
 
-def _longest_prefix(text: str, budget: int, encoding: str) -> str:
-    size = 0
-    for index, char in enumerate(text[: max(0, budget)]):  # a character takes at least one byte
-        size += encoded_size(char, encoding)
-        if size > budget:
-            return text[:index]
-    return text[: max(0, budget)]
+def cluster_arg(cluster: Optional[str]) -> Dict[str, str]:
+    """The cluster keyword for an ECS call; no cluster means ECS's default cluster."""
+    return {"cluster": cluster} if cluster else {}
 
 
-def _longest_suffix(text: str, budget: int, encoding: str) -> str:
-    return _longest_prefix(text[::-1], budget, encoding)[::-1]
+def cli_cluster_arg(cluster: Optional[str]) -> str:
+    """The same, for a command line printed for an operator."""
+    return f"--cluster {cluster} " if cluster else ""
 
 
-def shorten_middle(text: str, budget: int, encoding: str = "utf-8") -> str:
-    """`text` in at most `budget` bytes: its start and its end, with "..." for what was cut."""
-    if encoded_size(text, encoding) <= budget:
-        return text
-    room = budget - len(SHORTENED)
-    if room <= 0:
-        return ""
-    head = _longest_prefix(text, room - room // 2, encoding)
-    tail = _longest_suffix(text, room - encoded_size(head, encoding), encoding)
-    return head + SHORTENED + tail
-
-
-def fit_parts(parts: List[Tuple[str, str]], budget: int, encoding: str = "utf-8") -> str:
-    """Join (how, text) parts into one line of at most `budget` bytes, cutting by priority.
-
-    DROP parts go first, the last one first; then SHORTEN parts are shortened in the middle
-    (and left out when too little of them would be left); KEEP parts are never cut, so the
-    caller gives a budget that holds them.
-    """
-    parts = list(parts)
-
-    def size() -> int:
-        return sum(encoded_size(text, encoding) for _, text in parts)
-
-    for index in reversed(range(len(parts))):
-        if size() <= budget:
-            break
-        if parts[index][0] == DROP:
-            parts[index] = (DROP, "")
-    for index in reversed(range(len(parts))):
-        if size() <= budget:
-            break
-        how, text = parts[index]
-        if how == SHORTEN:
-            room = budget - (size() - encoded_size(text, encoding))
-            shortened = shorten_middle(text, room, encoding)
-            parts[index] = (how, shortened if encoded_size(shortened, encoding) >= 2 * len(SHORTENED) + 8 else "")
-    return "".join(text for _, text in parts)
-
-
-def tail_that_fits(lines: List[str], budget: int, encoding: str = "utf-8") -> List[str]:
-    """The last lines that fit in `budget` bytes, one newline each. If not even the last one
-    fits, its end, after "...": the error is usually at the end of the log and of its line."""
-    kept: List[str] = []
-    used = 0
-    for line in reversed(lines):
-        size = encoded_size(line, encoding) + 1
-        if used + size > budget:
-            end = _longest_suffix(line, budget - used - 1 - len(SHORTENED), encoding) if not kept else ""
-            if end:
-                kept.append(SHORTENED + end)
-            break
-        kept.append(line)
-        used += size
-    return kept[::-1]
-
-
-def stdout_budget(limit: int, stderr_used: int) -> int:
-    """What stdout may hold under --quiet: the agent's limit, and with stderr together, what the
-    manager's cut to twice that limit keeps, so the verdict on stderr is never cut off there."""
-    return max(0, min(limit, 2 * limit - MANAGER_MESSAGE_OVERHEAD - stderr_used))
-
-
-def kept_line_budget(limit: int) -> int:
-    """At most this much for one line before the verdict (the launch line, a notice)."""
-    return max(limit // 4, 64)
-
-
-def verdict_reserve(limit: int) -> int:
-    """What lines before the verdict always leave for it: the exit code, whose it is, the task
-    id and the stopCode fit in 192 bytes whatever the names (see verdict_parts)."""
-    return max(limit // 2, 192)
-
-
-def verdict_parts(exit_code: int, owner: Optional[str], task_arn: Optional[str], stop_code: Optional[str],
-                  message: str, advice: Optional[str] = None) -> List[Tuple[str, str]]:
-    """The verdict under --quiet, by priority: the exit code and whose it is; the task id; the
-    stopCode; the reason (Outcome.message, without the task id it repeats); advice."""
-    whose = "ecsbatch" if owner is None else f"container {shorten_middle(owner, 40)}"
-    parts = [(KEEP, f"ecsbatch: exit {exit_code} from {whose}")]
-    tid = task_id(task_arn) if task_arn else None
-    if tid:
-        parts.append((KEEP, f", task {shorten_middle(tid, 48)}"))
-    if stop_code:
-        parts.append((KEEP, f", stopCode {shorten_middle(stop_code, 32)}"))
-    reason = message[len(f"task {tid} "):] if tid and message.startswith(f"task {tid} ") else message
-    reason = reason.replace(f"stopCode={stop_code}; ", "") if stop_code else reason
-    parts.append((SHORTEN, f": {reason}"))
-    if advice:
-        parts.append((DROP, f"; {advice}"))
-    return parts
-
-
-def task_line_parts(verb: str, task_arn: str, label: str, counted: List[str], cluster: Optional[str],
-                    state: Optional[str] = None) -> List[Tuple[str, str]]:
-    """The launch (or attach) line under --quiet: the task id first, the reattach advice last."""
-    details = f" ({label}, cluster {cluster or 'default'}, counting {', '.join(counted)}{', ' + state if state else ''})"
-    return [(KEEP, f"ecsbatch: {verb} task {task_id(task_arn)}"), (SHORTEN, details),
-            (DROP, f"; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_id(task_arn)}")]
-
-
-def normalized_definition(definition: Mapping[str, Any], fields: List[str]) -> Dict[str, Any]:
-    """A task definition reduced to the request fields, without empties or ECS-filled defaults."""
-
-    def prune(value: Any) -> Any:
-        if isinstance(value, dict):
-            pruned = {k: prune(v) for k, v in value.items()}
-            return {k: v for k, v in pruned.items() if v not in (None, [], {})}
-        if isinstance(value, list):
-            return [prune(v) for v in value]
-        return value
-
-    def drop_defaults(item: Dict[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
-        return {k: v for k, v in item.items() if not (k in defaults and defaults[k] == v)}
-
-    result = prune({k: v for k, v in definition.items() if k in fields})
-    containers = []
-    for container in result.get("containerDefinitions", []):
-        container = drop_defaults(container, CONTAINER_DEFAULTS)
-        if "portMappings" in container:
-            container["portMappings"] = [
-                drop_defaults({k: v for k, v in m.items()
-                               if not (k == "hostPort" and v == m.get("containerPort"))},
-                              PORT_MAPPING_DEFAULTS)
-                for m in container["portMappings"]]
-        containers.append(container)
-    if containers:
-        result["containerDefinitions"] = containers
-    return result
-
-
-def definition_matches(request: Mapping[str, Any], registered: Mapping[str, Any],
-                       registered_tags: List[Mapping[str, str]], fields: List[str]) -> bool:
-    """Would registering `request` give the same definition as the `registered` revision?"""
-    wanted = normalized_definition(request, fields)
-    have = normalized_definition(dict(registered, tags=registered_tags), fields)
-    wanted_tags = sorted((t["key"], t.get("value")) for t in wanted.pop("tags", []))
-    have_tags = sorted((t["key"], t.get("value")) for t in have.pop("tags", []))
-    return wanted == have and wanted_tags == have_tags
-
-
-def pin_task_definition(text: str, value: str, source: str) -> str:
-    """Set the top-level `taskDefinition` of a YAML file to `value`, keeping every other byte."""
-    import yaml
-
-    try:
-        root = yaml.compose(text, Loader=request_loader())
-    except yaml.YAMLError as exc:
-        raise InputError(f"cannot pin, {yaml_error_text(exc, text, source)}") from exc
-    if not isinstance(root, yaml.MappingNode):
-        raise InputError(f"{source}: cannot pin, the top level is not a mapping")
-    rendered = json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
-    plain = value if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_:/.-]*", value) else rendered
-    for key_node, value_node in root.value:
-        if key_node.value == "taskDefinition":
-            if not isinstance(value_node, yaml.ScalarNode):
-                raise InputError(f"{source}: cannot pin, taskDefinition is not a plain value")
-            start, end = value_node.start_mark.index, value_node.end_mark.index
-            new_text = text[:start] + plain + text[end:]
-            break
-    else:
-        new_text = text + ("" if text.endswith("\n") or not text else "\n") + f"taskDefinition: {plain}\n"
-    original, pinned = load_yaml(text, source), load_yaml(new_text, source)
-    original["taskDefinition"] = value
-    if pinned != original:
-        raise InputError(f"{source}: cannot pin taskDefinition safely; set it to {value} by hand")
-    return new_text
+def task_reference(task: str, cluster: Optional[str]) -> Optional[str]:
+    """The cluster for a TASK argument: --cluster, else the one a long-format ARN names."""
+    if cluster is None and task.startswith("arn:"):
+        parts = task.split(":", 5)[-1].split("/")  # task/CLUSTER/ID
+        if len(parts) == 3:
+            return parts[1]
+    return cluster
 
 
 REDACTED = "<redacted>"
+
 # What --debug must never print: the session token, the access key id, signatures (and so the
 # Authorization header), in every shape botocore's and urllib3's debug lines give them.
 SECRET_TEXT_PATTERNS = [
@@ -1376,18 +1282,61 @@ def redact_debug_text(text: str, secrets: Any = ()) -> str:
     return text
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. A thin AWS layer
-# ---------------------------------------------------------------------------------------------
+def aws_error_text(exc: BaseException) -> str:
+    """AWS's own message, on one line, with what to do for the errors operators meet."""
+    import botocore.exceptions
+
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "Error"), clipped(error.get("Message", ""))
+        text = f"{exc.operation_name}: {code}: {message}"
+        if code in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
+            text += " (grant this action to the instance role or profile in use)"
+        return text
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return ("no AWS credentials found: attach an instance role, or set AWS_PROFILE "
+                "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return f"cannot reach AWS at {exc.kwargs.get('endpoint_url')}: check the network and AWS_ENDPOINT_URL"
+    if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
+        provider = exc.kwargs.get("provider")
+        source = "the profile's credential_process" if provider == "custom-process" else f"{provider}"
+        said = clipped(exc.kwargs.get("error_msg") or "").rstrip(" :")
+        return (f"cannot get AWS credentials from {source}: "
+                f"{said if said else 'it failed without saying why'}; run it by hand to see why, "
+                "or fix the profile")
+    text = clipped(exc) or type(exc).__name__
+    return f"{text.rstrip(' :')} (no further detail)" if text.endswith(":") else text
 
 
-def progress(message: str, *, kept: bool = False) -> None:
-    """One timestamped line on stderr, and in the system log for `run` and `wait`.
+NO_REGION_TEXT = ("no AWS region: pass --region, or set AWS_REGION (or AWS_DEFAULT_REGION), "
+                  "or set region in the AWS profile")
 
-    Under --quiet only `kept` lines reach stderr (a line that names the task), within the output
-    limit and shortened to fit, always leaving room for the verdict.
-    """
-    OUTPUT.progress(message, kept=kept)
+
+def stop_advice(cluster: Optional[str], key: Optional[str], token: str) -> str:
+    """How an operator stops what this launch may have started, and nothing else: this job's
+    own key from the command line, or the launch's client token. Never a shared startedBy."""
+    if key is not None:
+        return f"ecsbatch stop {cli_cluster_arg(cluster)}--started-by {key}"
+    return f"ecsbatch stop {cli_cluster_arg(cluster)}--client-token {token}"
+
+
+_botocore_session = None
+
+
+def botocore_session() -> Any:
+    """One botocore session per process: validation and the client share its parsed ECS model."""
+    global _botocore_session
+    if _botocore_session is None:
+        import botocore.session
+
+        _botocore_session = botocore.session.get_session()
+    return _botocore_session
+
+
+def ecs_service_model() -> Any:
+    """botocore's own ECS model, read from disk: no credentials, no network."""
+    return botocore_session().get_service_model("ecs")
 
 
 def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
@@ -1435,10 +1384,6 @@ def make_client(service: str, region: Optional[str], profile: Optional[str]) -> 
                          f"attempts, 1 or more: {clipped(exc)}") from exc
 
 
-NO_REGION_TEXT = ("no AWS region: pass --region, or set AWS_REGION (or AWS_DEFAULT_REGION), "
-                  "or set region in the AWS profile")
-
-
 class DebugRedactor:
     """A logging filter for --debug's handler: every record, botocore's and urllib3's included,
     loses its credentials and environment values before it is written.
@@ -1483,31 +1428,9 @@ def install_debug_log() -> None:
         handler.addFilter(_debug_redactor)
 
 
-def aws_error_text(exc: BaseException) -> str:
-    """AWS's own message, on one line, with what to do for the errors operators meet."""
-    import botocore.exceptions
-
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        code, message = error.get("Code", "Error"), clipped(error.get("Message", ""))
-        text = f"{exc.operation_name}: {code}: {message}"
-        if code in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
-            text += " (grant this action to the instance role or profile in use)"
-        return text
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return ("no AWS credentials found: attach an instance role, or set AWS_PROFILE "
-                "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
-    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        return f"cannot reach AWS at {exc.kwargs.get('endpoint_url')}: check the network and AWS_ENDPOINT_URL"
-    if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
-        provider = exc.kwargs.get("provider")
-        source = "the profile's credential_process" if provider == "custom-process" else f"{provider}"
-        said = clipped(exc.kwargs.get("error_msg") or "").rstrip(" :")
-        return (f"cannot get AWS credentials from {source}: "
-                f"{said if said else 'it failed without saying why'}; run it by hand to see why, "
-                "or fix the profile")
-    text = clipped(exc) or type(exc).__name__
-    return f"{text.rstrip(' :')} (no further detail)" if text.endswith(":") else text
+def setup_debug(debug: bool) -> None:
+    if debug:
+        install_debug_log()
 
 
 @contextlib.contextmanager
@@ -1554,14 +1477,6 @@ class LaunchAttempts:
         self.guard.deferring = False  # botocore may back off now: a signal cuts the sleep short
 
 
-class LaunchInterrupted(EcsbatchError):
-    """A signal arrived while RunTask had no answer, and no task was found to stop."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = EXIT_FOR_SIGNAL[signum]
-
-
 def quick_client(ecs: Any) -> Any:
     """The same ECS endpoint and credentials with two attempts and short timeouts: for a look
     that must be quick because the job is being interrupted."""
@@ -1584,14 +1499,6 @@ def find_launched_task(ecs: Any, cluster: Optional[str], started_by: str, token:
             if tag_value(task, TAG_CLIENT_TOKEN) == token:
                 return task
     return None
-
-
-def stop_advice(cluster: Optional[str], key: Optional[str], token: str) -> str:
-    """How an operator stops what this launch may have started, and nothing else: this job's
-    own key from the command line, or the launch's client token. Never a shared startedBy."""
-    if key is not None:
-        return f"ecsbatch stop {cli_cluster_arg(cluster)}--started-by {key}"
-    return f"ecsbatch stop {cli_cluster_arg(cluster)}--client-token {token}"
 
 
 def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: Optional[str]) -> Dict[str, Any]:
@@ -1783,6 +1690,12 @@ def describe_tasks(ecs: Any, cluster: Optional[str], task_arns: List[str], *,
     return tasks
 
 
+def live_tasks_of_key(ecs: Any, cluster: Optional[str], key: str) -> List[Dict[str, Any]]:
+    """The tasks with startedBy `key` that are meant to run (not asked to stop), with their tags."""
+    arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
+    return [t for t in describe_tasks(ecs, cluster, arns, with_tags=True) if t.get("lastStatus") != "STOPPED"]
+
+
 def read_log_page(logs: Any, source: LogSource, token: Optional[str]) -> Tuple[List[Dict[str, Any]], Optional[str]]:
     """One page of a log stream, oldest first, and the token for the next one."""
     answer = logs.get_log_events(logGroupName=source.group, logStreamName=source.stream, startFromHead=True,
@@ -1810,8 +1723,859 @@ def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], 
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. The wait loop
+# 5. Waiting: signal guard, poller, supervisor, log follower
 # ---------------------------------------------------------------------------------------------
+
+
+def next_poll_delay(poll_interval: float, rng: random.Random, *, first: bool = False) -> float:
+    """Never more than poll_interval; the first poll is spread over the whole interval."""
+    return poll_interval * rng.uniform(FIRST_POLL_FLOOR if first else POLL_JITTER_FLOOR, 1.0)
+
+
+class LogSource(NamedTuple):
+    group: str
+    stream: str
+    region: Optional[str]
+
+
+def container_log_source(task_definition: Mapping[str, Any], container: str,
+                         task_arn: str) -> Tuple[Optional[LogSource], str]:
+    """Where one container's log lines can be read, and a sentence that says where they go."""
+    definition = next((c for c in task_definition.get("containerDefinitions", []) if c.get("name") == container), {})
+    config = definition.get("logConfiguration") or {}
+    driver, options = config.get("logDriver"), config.get("options") or {}
+    if driver == "awslogs":
+        group, prefix = options.get("awslogs-group"), options.get("awslogs-stream-prefix")
+        if group and prefix:
+            stream = f"{prefix}/{container}/{task_id(task_arn)}"
+            return LogSource(group, stream, options.get("awslogs-region")), f"CloudWatch Logs {group} {stream}"
+        return None, (f"container {container} logs to CloudWatch Logs group {group} without "
+                      "awslogs-stream-prefix, so its stream cannot be named; see the ECS console")
+    if not driver:
+        return None, f"container {container} has no log configuration; its output is not kept"
+    destination = options.get("Host") or options.get("fluentd-address") or options.get("Name")
+    return None, (f"container {container} sends its logs through {driver}"
+                  f"{' to ' + destination if destination else ''}; ecsbatch does not stream them: "
+                  f"search there for task {task_id(task_arn)}")
+
+
+def runner_file_name(key: str, pid: int) -> str:
+    """The registry entry of one runner of a key: a hex name, whatever the key holds."""
+    import hashlib
+
+    return f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.{pid}.json"
+
+
+class SignalGuard:
+    """SIGHUP, SIGINT, SIGQUIT and SIGTERM end the job the same way: the task is stopped first,
+    then ecsbatch exits with the signal's code (EXIT_FOR_SIGNAL: 129, 130, 131, 143).
+
+    - SIGHUP is a lost terminal or SSH session. A SIGHUP ignored at start (`nohup`) stays
+      ignored: whoever started ecsbatch asked for the job to outlive the session.
+    - SIGQUIT (Ctrl-\\) would otherwise kill the runner at once (and dump core), leaving the task
+      running unwatched. An operator who presses it wants the job gone, so it stops the task like
+      SIGTERM does; a second signal still exits at once.
+
+    By default a first signal raises Interrupted where the main thread is. Inside `hold()` it is
+    only recorded in `received` and waits its turn; `deferred()` is a hold that raises it when the
+    block ends; `interruptible()`, inside a hold, raises a held signal at once and lets new ones
+    raise again until the block ends. A second signal always exits at once with the first
+    signal's code, without cleaning up, after one line that says what is left behind.
+    """
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.ignored: List[int] = []  # ignored at start, and left so
+        # What the second-signal line says after "second SIGTERM: "; a callable is asked then.
+        self.on_second_signal: Any = "exiting now"
+        self._modes: List[bool] = []  # innermost last: True holds a first signal, False raises it
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._modes) and self._modes[-1]
+
+    @property
+    def deferring(self) -> bool:
+        """The older name of `holding`, still set by the launch path's botocore hooks."""
+        return self.holding
+
+    @deferring.setter
+    def deferring(self, value: bool) -> None:
+        """Set the innermost block's mode; outside every block, True holds from now on."""
+        if self._modes:
+            self._modes[-1] = bool(value)
+        elif value:
+            self._modes.append(True)
+
+    def install(self) -> None:
+        for signum in EXIT_FOR_SIGNAL:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                self.ignored.append(signum)
+                continue
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            self._exit_now(signum)
+        self.received = signum
+        if not self.holding:
+            raise Interrupted(signum)
+
+    def _exit_now(self, signum: int) -> None:
+        """Straight to the file descriptor: the main thread may be in the middle of a write."""
+        try:
+            said = self.on_second_signal() if callable(self.on_second_signal) else self.on_second_signal
+            os.write(2, OUTPUT.last_words(f"second {signal.Signals(signum).name}: {said}"))
+        except Exception:  # nothing may keep this exit from happening
+            pass
+        os._exit(EXIT_FOR_SIGNAL[self.received or signum])
+
+    @contextlib.contextmanager
+    def _mode(self, holding: bool) -> Iterator[None]:
+        depth = len(self._modes)
+        self._modes.append(holding)
+        try:
+            yield
+        finally:
+            del self._modes[depth:]
+
+    def hold(self) -> "contextlib.AbstractContextManager[None]":
+        """A first signal inside the block is recorded in `received` and waits its turn."""
+        return self._mode(True)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a signal until the block ends, so that a launch is never cut in half; then raise it."""
+        with self.hold():
+            yield
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Inside a hold: a signal already held raises now, and new ones raise until the block ends."""
+        with self._mode(False):
+            if self.received is not None:
+                raise Interrupted(self.received)
+            yield
+
+
+class KnownTask:
+    """The task this run launched, from the moment RunTask answered: if a signal ever escapes
+    the wait's own handling, main() still stops it instead of saying nothing was started."""
+
+    current: Optional[Tuple[Any, Optional[str], str]] = None
+
+    @classmethod
+    def remember(cls, ecs: Any, cluster: Optional[str], task_arn: str) -> None:
+        cls.current = (ecs, cluster, task_arn)
+
+    @classmethod
+    def forget(cls) -> None:
+        """The wait has judged or stopped the task: nothing left to do for it."""
+        cls.current = None
+
+    @classmethod
+    def stop_for(cls, signum: int) -> Optional[str]:
+        return cls.stop(f"{signal.Signals(signum).name} received by the job runner")
+
+    @classmethod
+    def stop(cls, why: str) -> Optional[str]:
+        """StopTask the remembered task; a sentence saying what happened, or None."""
+        import botocore.exceptions
+
+        if cls.current is None:
+            return None
+        ecs, cluster, task_arn = cls.current
+        cls.current = None
+        try:
+            stop_task(ecs, cluster, task_arn, stop_reason_text(why))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            return (f"{why}; StopTask failed ({aws_error_text(exc)}): task {task_arn} may still be running; "
+                    f"stop it with: ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}")
+        return f"{why}; StopTask sent for task {task_id(task_arn)}"
+
+
+# The runner registry: `ecsbatch stop --job-key K` signals the runners of K on this machine, so
+# that a job whose RunTask is still in flight (re-sends, capacity retries) is stopped by its own
+# runner's signal path, which knows or finds the task. One file per runner, in a directory only
+# this user can use, holding the pid and the process start time (a reused pid does not match).
+def runtime_dirs() -> List[str]:
+    """Where runners register: $XDG_RUNTIME_DIR/ecsbatch, then a private directory under the
+    temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset). `stop` looks in both."""
+    import tempfile
+
+    dirs = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
+    dirs.append(os.path.join(tempfile.gettempdir(), f"ecsbatch-{os.getuid()}"))
+    return dirs
+
+
+def private_dir(path: str, *, create: bool) -> bool:
+    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
+    import stat
+
+    if create:
+        with contextlib.suppress(OSError):
+            os.mkdir(path, 0o700)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
+    there is no such process or it has exited (a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
+
+
+def register_runner(key: str) -> Optional[str]:
+    """Record this runner under its key until it exits, in each runtime directory (a stop command
+    may run with another environment). Returns the first file, or None if no private directory
+    could be used (then `stop` still finds the tasks in ECS)."""
+    import atexit
+
+    start = process_start_time(os.getpid())
+    first: Optional[str] = None
+    for directory in runtime_dirs():
+        if start is None or not private_dir(directory, create=True):
+            continue
+        path = os.path.join(directory, runner_file_name(key, os.getpid()))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
+        atexit.register(unregister_runner, path)
+        first = first or path
+    return first
+
+
+def unregister_runner(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def registered_runners(key: str) -> List[Tuple[int, str]]:
+    """(pid, start time) of the live runners of `key` for this user; stale entries are removed."""
+    import glob
+
+    prefix = runner_file_name(key, 0).split(".", 1)[0]
+    pids: List[Tuple[int, str]] = []
+    for directory in runtime_dirs():
+        if not private_dir(directory, create=False):
+            continue
+        for path in glob.glob(os.path.join(directory, f"{prefix}.*.json")):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    entry = json.load(handle)
+                pid, start = int(entry["pid"]), str(entry["start"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if entry.get("key") == key and process_start_time(pid) == start:
+                pids.append((pid, start))
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+    return sorted(set(pids))
+
+
+def runner_alive(pid: int, start: Optional[str]) -> bool:
+    return start is not None and process_start_time(pid) == start
+
+
+class LogFollower:
+    """Prints a container's CloudWatch Logs lines as they arrive, each exactly once.
+
+    It pages with forward tokens from the head of the stream, waits for a stream that does not
+    exist yet, and keeps the last lines for the failure report: at least LOG_TAIL_LINES, and at
+    least `tail_bytes` of them for --quiet. Under --quiet it prints nothing. A failed read is
+    reported once and retried on the next poll: logs never end the wait or change the exit code.
+    """
+
+    def __init__(self, logs: Any, source: LogSource, *, to_stderr: bool, tail_bytes: int = 0) -> None:
+        self.logs, self.source, self.to_stderr = logs, source, to_stderr
+        self.token: Optional[str] = None
+        self.tail: "collections.deque[str]" = collections.deque()
+        self.tail_bytes, self.tail_size = tail_bytes, 0
+        self.failing = False
+
+    def poll(self) -> int:
+        """Read every page there is now. Returns how many lines were printed."""
+        import botocore.exceptions
+
+        printed = 0
+        while True:
+            try:
+                events, next_token = read_log_page(self.logs, self.source, self.token)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                    self._report(exc)
+                return printed  # a stream appears when its container starts
+            except botocore.exceptions.BotoCoreError as exc:
+                self._report(exc)
+                return printed
+            self.failing = False
+            for event in events:
+                line = str(event.get("message", "")).rstrip("\n")
+                self._print(line)
+                self._keep(line)
+            printed += len(events)
+            # CloudWatch Logs hands back the token it was given at the end of the stream.
+            if not next_token or next_token == self.token:
+                return printed
+            self.token = next_token
+
+    def drain(self) -> None:
+        """After the task stopped: read on until the stream has been quiet for a while."""
+        limit = time.monotonic() + LOG_DRAIN_LIMIT_SECONDS
+        quiet_since = time.monotonic()
+        while time.monotonic() < limit:
+            if self.poll():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= LOG_SETTLE_SECONDS:
+                return
+            time.sleep(LOG_DRAIN_POLL)
+
+    def _print(self, line: str) -> None:
+        # A reader that went away (`ecsbatch run | head`) silences the stream, never the job:
+        # see SilencingWriter.
+        if not OUTPUT.quiet:
+            click.echo(line, file=sys.stderr if self.to_stderr else sys.stdout)
+
+    def _keep(self, line: str) -> None:
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while len(self.tail) > LOG_TAIL_LINES and self.tail_size - len(self.tail[0]) - 1 >= self.tail_bytes:
+            self.tail_size -= len(self.tail.popleft()) + 1
+
+    def _report(self, exc: BaseException) -> None:
+        if not self.failing:
+            progress(f"reading {self.source.group} {self.source.stream} failed, will retry: {aws_error_text(exc)}")
+        self.failing = True
+
+
+def log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *, region: Optional[str],
+                 profile: Optional[str], to_stderr: bool) -> Optional[LogFollower]:
+    source, where = container_log_source(definition, container, task_arn)
+    if source is None:
+        progress(where)
+        return None
+    progress(f"streaming the log of {container} from {where}")
+    return LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=to_stderr,
+                       tail_bytes=OUTPUT.limit)
+
+
+class Watch:
+    """Polls one task until it stops, printing each state change and a heartbeat.
+
+    `clock` and `sleep` are injectable so that tests can run the MISSING rules on a fake clock.
+    """
+
+    def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
+                 follower: Optional[LogFollower] = None, missing_grace: float = MISSING_GRACE_SECONDS,
+                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
+        self.poll_interval = poll_interval
+        self.follower = follower
+        self.missing_grace = missing_grace
+        self.rng = rng or random.Random()
+        self.clock, self.sleep = clock, sleep
+        self.started = clock()
+        self.last_task: Optional[Dict[str, Any]] = None
+        self.last_status: Optional[str] = None
+        self.last_line_at = self.started
+        self.missing_since: Optional[float] = None
+        self.missing_answers = 0
+        self.no_word = False
+        self.stop_sent = False
+        self.polled = False
+
+    def rehearse(self) -> None:
+        """Load now everything a stop needs (see rehearse_stop); a failure here never ends the job."""
+        try:
+            rehearse_stop(self.ecs, self.cluster, self.follower.logs if self.follower is not None else None)
+        except Exception:  # the real stop will try anyway
+            import logging
+
+            logging.getLogger("ecsbatch").debug("rehearsing the stop failed", exc_info=True)
+
+    def poll(self) -> Optional[Dict[str, Any]]:
+        """One DescribeTasks call. Returns the task, or None when ECS gave no word on it this time."""
+        import botocore.exceptions
+
+        tid = task_id(self.task_arn)
+        try:
+            task, missing_reason = describe_task(self.ecs, self.cluster, self.task_arn)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            progress(f"DescribeTasks failed after retries, polling again: {aws_error_text(exc)}")
+            self.last_line_at = self.clock()
+            return None
+        if task is None and missing_reason == NO_WORD_ON_TASK:
+            if not self.no_word:  # once per spell: an answer like this is no word on the task either way
+                progress(f"DescribeTasks gave {NO_WORD_ON_TASK}; polling again")
+                self.last_line_at = self.clock()
+            self.no_word = True
+            return None
+        self.no_word = False
+        if task is None:
+            self._missing(missing_reason or "MISSING")
+            return None
+        self.missing_since, self.missing_answers = None, 0
+        self.last_task = task
+        status = task.get("lastStatus")
+        now = self.clock()
+        if status != self.last_status:
+            progress(f"task {tid} {status}")
+            self.last_status, self.last_line_at = status, now
+        elif now - self.last_line_at >= HEARTBEAT_SECONDS:
+            progress(f"task {tid} still {status} after {format_duration(now - self.started)}")
+            self.last_line_at = now
+        return task
+
+    def _missing(self, reason: str) -> None:
+        """Count a MISSING answer; raise TaskMissing once missing_is_final says they prove it."""
+        now = self.clock()
+        if self.missing_since is None:
+            self.missing_since = now
+        self.missing_answers += 1
+        seen = self.last_task is not None
+        if missing_is_final(seen=seen, answers=self.missing_answers, first_missing_at=self.missing_since, now=now,
+                            started_at=self.started, launch_grace=self.missing_grace):
+            after = f" after it was seen {self.last_status}" if seen else ""
+            raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({reason}) in {self.missing_answers} "
+                              f"answers over {format_duration(now - self.missing_since)}{after}: "
+                              "it never started or was deleted")
+        if seen and self.missing_answers == 1:
+            progress(f"DescribeTasks did not find task {task_id(self.task_arn)} ({reason}), last seen "
+                     f"{self.last_status}; polling again: one answer is not proof")
+            self.last_line_at = now
+
+    def until_stopped(self, deadline: Optional[float]) -> Dict[str, Any]:
+        """Poll until STOPPED. Raises TimeoutExpired at the deadline, TaskMissing if it vanished."""
+        delay = next_poll_delay(self.poll_interval, self.rng, first=True)
+        if not self.polled:  # the first poll of all counts from the watch's start, not from the rehearsal
+            delay = max(0.0, self.started + delay - self.clock())
+        while True:
+            if deadline is not None:
+                if self.clock() >= deadline:
+                    raise TimeoutExpired()
+                delay = min(delay, max(0.0, deadline - self.clock()))
+            self.sleep(delay)
+            if deadline is not None and self.clock() >= deadline:
+                raise TimeoutExpired()
+            task = self.poll()
+            self.polled = True
+            if self.follower is not None:
+                self.follower.poll()
+            if task is not None and task.get("lastStatus") == "STOPPED":
+                return task
+            delay = next_poll_delay(self.poll_interval, self.rng)
+
+    def stop(self, why: str, *, confirm: bool = True) -> StopAttempt:
+        """StopTask, then (with `confirm`) wait a while for STOPPED. Says what happened, never more."""
+        import botocore.exceptions
+
+        tid = task_id(self.task_arn)
+        reason = stop_reason_text(why)
+        before = self.last_task
+        progress(f"stopping task {tid}: {why}")
+        try:
+            at_stop = stop_task(self.ecs, self.cluster, self.task_arn, reason)
+        except Exception as exc:  # whatever kept it from going out, the verdict must say so
+            known = isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
+            error = aws_error_text(exc) if known else f"{type(exc).__name__}: {one_line(exc)}"
+            progress(f"StopTask failed: {error}")
+            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
+        self.stop_sent = True
+        if at_stop is None:  # ECS always answers with the task: this came from something else
+            error = f"StopTask got {NO_WORD_ON_TASK}"
+            progress(f"StopTask failed: {error}")
+            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
+        if not confirm:
+            return StopAttempt(reason, True, None, before, at_stop, self.last_task)
+        deadline = self.clock() + STOP_CONFIRM_SECONDS
+        self.poll_interval = min(self.poll_interval, STOP_CONFIRM_POLL)
+        try:
+            task: Optional[Dict[str, Any]] = self.until_stopped(deadline)
+        except Exception:  # TimeoutExpired, TaskMissing, or worse: ECS accepted the stop all the same
+            progress(f"task {tid} is still {self.last_status} after {format_duration(STOP_CONFIRM_SECONDS)}; "
+                     "ECS is stopping it")
+            task = self.last_task
+        return StopAttempt(reason, True, None, before, at_stop, task)
+
+    def _look_once(self) -> Optional[Dict[str, Any]]:
+        """After a failed StopTask: how the task is now, if ECS says (it may have stopped anyway)."""
+        try:
+            task, _ = describe_task(self.ecs, self.cluster, self.task_arn)
+        except Exception:  # as little as can be said is all that is said
+            return self.last_task
+        if task is not None:
+            self.last_task, self.last_status = task, task.get("lastStatus")
+        return self.last_task
+
+
+def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], timeout: Optional[float],
+              timeout_text: str, interrupted_by: Optional[int] = None) -> Outcome:
+    """Wait for the task and judge it. Whatever ends the wait, ecsbatch stops the task, or the
+    verdict says plainly that it could not. Only the wait itself can be interrupted: before it,
+    a signal is held (and then ends the wait at once), after it a first signal waits its turn."""
+    deadline = None if timeout is None else watch.started + timeout
+    arn, tid = watch.task_arn, task_id(watch.task_arn)
+    guard.on_second_signal = lambda: (
+        f"exiting now; StopTask was sent for task {tid}" if watch.stop_sent else
+        f"exiting now; task {tid} may still be running: stop it with: {stop_command(watch.cluster, arn)}")
+    ending: Optional[Verdict] = None
+    kind = "error"
+    with guard.hold():
+        watch.rehearse()  # a release replaced under a running job must never break its stop
+        try:
+            if interrupted_by is not None:
+                raise Interrupted(interrupted_by)
+            with guard.interruptible():
+                task = watch.until_stopped(deadline)
+        except Interrupted as interrupt:
+            name = signal.Signals(interrupt.signum).name
+            when = " during launch" if interrupted_by is not None else ""
+            ending, kind = Verdict(EXIT_FOR_SIGNAL[interrupt.signum], f"{name} received by the job runner{when}"), \
+                "interrupted"
+        except TimeoutExpired:
+            ending, kind = Verdict(EXIT_TIMEOUT, f"--timeout {timeout_text} expired"), "timeout"
+        except TaskMissing as missing:
+            attempt = watch.stop(str(missing), confirm=False)
+            verdict = judge_missing(str(missing), attempt, cluster=watch.cluster, task_arn=arn)
+            return Outcome(verdict.exit_code, "missing", verdict.message, watch.last_task)  # no stream to drain
+        except Exception as exc:  # a bug of ours must not orphan the task
+            import logging
+
+            logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
+            ending = Verdict(EXIT_ECS_FAILURE, f"internal error while waiting ({type(exc).__name__}: "
+                             f"{one_line(exc)}; rerun with --debug for the traceback)")
+        if ending is None:
+            verdict = judge_stopped_task(task, counted_names)
+            outcome = Outcome(verdict.exit_code, verdict_kind(verdict, task), verdict.message, task)
+        else:
+            attempt = watch.stop(ending.message)
+            verdict, how = judge_after_stop(ending, attempt, counted_names, cluster=watch.cluster, task_arn=arn)
+            if how == "judged":
+                kind = verdict_kind(verdict, attempt.task or {})
+            elif how == "not-stopped":
+                kind = "not-stopped"
+            outcome = Outcome(verdict.exit_code, kind, verdict.message, dict(attempt.task) if attempt.task else None)
+        if watch.follower is not None:
+            try:
+                watch.follower.drain()  # the last lines, usually the error, come after the stop
+            except Exception as exc:  # the log is a courtesy: it never changes the verdict
+                progress(f"reading the last log lines failed: {type(exc).__name__}: {one_line(exc)}")
+        return outcome
+
+
+def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[[], Optional[LogFollower]]], *,
+             interrupted_by: Optional[int], **wait_args: Any) -> Outcome:
+    """From a known task to supervise(). The log client is built with signals held, and a signal
+    that lands anywhere before supervise() takes over is handed to it, so the task is stopped."""
+    pending = interrupted_by
+    for _ in range(3):
+        try:
+            if make_follower is not None:
+                build, make_follower = make_follower, None
+                with guard.deferred():
+                    try:
+                        watch.follower = build()
+                    except EcsbatchError as exc:  # no logs client: the job goes on without its lines
+                        progress(f"container logs are not streamed: {exc.format_message()}")
+            outcome = supervise(watch, guard, interrupted_by=pending, **wait_args)
+            KnownTask.forget()
+            return outcome
+        except Interrupted as interrupt:
+            pending = interrupt.signum if pending is None else pending
+    raise Interrupted(pending if pending is not None else signal.SIGTERM)  # main() stops the known task
+
+
+def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str, *, runners: List[Tuple[int, str]],
+                  key: Optional[str], deadline: float, timeout_text: str, poll_interval: float) -> None:
+    """StopTask each task, then wait until all are STOPPED and the signalled runners are gone.
+    While a runner of the key lives, and once more after, tasks of the key that appear (a launch
+    that was in flight, here or on another machine) are stopped too."""
+    sent: set = set()
+
+    def stop_new(candidates: List[str]) -> None:
+        for arn in candidates:
+            if task_id(arn) not in sent:
+                with aws_errors_as():
+                    stop_task(ecs, cluster, arn, reason)
+                sent.add(task_id(arn))
+                progress(f"StopTask sent for {task_id(arn)}")
+
+    stop_new(arns)
+    pending = {task_id(arn): arn for arn in arns}
+    alive = list(runners)
+    last_look = False
+    while True:
+        for found in describe_tasks(ecs, cluster, sorted(pending.values())):
+            if found.get("lastStatus") == "STOPPED" and task_id(found["taskArn"]) in pending:
+                progress(f"task {task_id(found['taskArn'])} STOPPED")
+                del pending[task_id(found["taskArn"])]
+        was_alive = bool(alive)
+        alive = [(pid, start) for pid, start in alive if process_start_time(pid) == start]
+        if was_alive and not alive:
+            progress("the runner has exited")
+        if key is not None and (alive or not last_look):
+            last_look = not alive
+            appeared = [arn for arn in list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
+                        if task_id(arn) not in sent]
+            stop_new(appeared)
+            pending.update({task_id(arn): arn for arn in appeared})
+        if not pending and not alive and (last_look or key is None):
+            return
+        if time.monotonic() >= deadline:
+            left = [task_id(a) for a in sorted(pending.values())] + [f"runner pid {pid}" for pid, _ in alive]
+            raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(left)}; ECS is still stopping them")
+        time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+
+
+def attach_to(ecs: Any, guard: SignalGuard, decision: RerunDecision, cluster: Optional[str],
+              timeout: Optional[float], wait_args: Dict[str, Any]) -> None:
+    """A rerun of a job whose task is still live: wait on that task as `wait` would. --timeout
+    counts from the task's creation, so a rerun never gives a stuck job more time."""
+    task = decision.task or {}
+    task_arn = task["taskArn"]
+    OUTPUT.task_arn = task_arn
+    progress(f"{decision.message}; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}", kept=True)
+    remaining = timeout
+    created = task.get("createdAt")
+    if timeout is not None and isinstance(created, datetime.datetime):
+        age = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
+        remaining = max(0.0, timeout - max(0.0, age))
+    KnownTask.remember(ecs, cluster, task_arn)
+    wait_to_the_end(ecs, guard, cluster=cluster, task_arn=task_arn, timeout=remaining, interrupted_by=None,
+                    missing_grace=0.0, **wait_args)
+
+
+def wait_to_the_end(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
+                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
+                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
+                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
+                    missing_grace: float) -> None:
+    """The waiting half of `run`, shared with `wait`: follow, judge, report, exit.
+
+    Only supervise's wait can be interrupted: a signal before it (say, while the logs client is
+    built) is held and then ends the wait at once; one after it waits for the exit."""
+    with guard.hold():
+        wait_and_report(ecs, guard, cluster=cluster, task_arn=task_arn, definition=definition, counted=counted,
+                        timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=logs,
+                        as_json=as_json, region=region, profile=profile, interrupted_by=interrupted_by,
+                        missing_grace=missing_grace)
+
+
+def wait_and_report(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
+                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
+                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
+                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
+                    missing_grace: float) -> None:
+    started = time.monotonic()
+    watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=None, missing_grace=missing_grace)
+    outcome = hand_off(watch, guard, (lambda: log_follower(definition, counted[0], task_arn, region=region,
+                                                           profile=profile, to_stderr=as_json)) if logs else None,
+                       interrupted_by=interrupted_by, counted_names=counted, timeout=timeout,
+                       timeout_text=timeout_text or "")
+    where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
+    report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=watch.follower, where=where,
+                   as_json=as_json, elapsed=time.monotonic() - started)
+    click.get_current_context().exit(outcome.exit_code)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Output: progress, quiet budget, result line, safe streams, syslog
+# ---------------------------------------------------------------------------------------------
+
+
+def status_rows(tasks: List[Mapping[str, Any]]) -> List[Dict[str, str]]:
+    """One row per task for `ecsbatch status`, newest first."""
+    rows = []
+    for task in sorted(tasks, key=lambda t: str(t.get("createdAt") or ""), reverse=True):
+        codes = " ".join(f"{c.get('name')}={c.get('exitCode', '-')}" for c in task.get("containers", []))
+        rows.append({
+            "TASK": task_id(task.get("taskArn", "?")),
+            "STATUS": task.get("lastStatus") or "-",
+            "STARTED BY": task.get("startedBy") or "-",
+            "DEFINITION": task.get("taskDefinitionArn", "").rsplit("/", 1)[-1] or "-",
+            "CREATED": iso_time(task.get("createdAt")) or "-",
+            "STOP CODE": task.get("stopCode") or "-",
+            "EXIT CODES": codes or "-",
+        })
+    return rows
+
+
+def format_table(rows: List[Mapping[str, str]]) -> str:
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def task_details(task: Mapping[str, Any]) -> str:
+    """Everything an operator asks about one task, one fact per line."""
+    lines = [
+        f"task          {task.get('taskArn')}",
+        f"status        {task.get('lastStatus')} (desired {task.get('desiredStatus')})",
+        f"definition    {task.get('taskDefinitionArn')}",
+        f"started by    {task.get('startedBy') or '-'}",
+        f"created       {iso_time(task.get('createdAt')) or '-'}",
+        f"started       {iso_time(task.get('startedAt')) or '-'}",
+        f"stopped       {iso_time(task.get('stoppedAt')) or '-'}",
+        f"stop code     {task.get('stopCode') or '-'}",
+        f"stop reason   {one_line(task.get('stoppedReason') or '-')}",
+    ]
+    for container in task.get("containers", []):
+        code = container.get("exitCode")
+        lines.append(f"container     {container.get('name')}: {container.get('lastStatus')}, "
+                     f"exitCode={'-' if code is None else code}, reason={one_line(container.get('reason') or '-')}")
+    return "\n".join(lines)
+
+
+def result_line(task_arn: Optional[str], exit_code: int, owner: Optional[str]) -> str:
+    """The stable line for schedulers: `ecsbatch-result: task=ID exit=N from=container|ecsbatch`."""
+    return (f"{RESULT_LINE_PREFIX} task={task_id(task_arn) if task_arn else '-'} exit={exit_code} "
+            f"from={'ecsbatch' if owner is None else 'container'}")
+
+
+# How a part of a line fares when the line must fit a byte budget: by the issue's priority, the
+# exit code, whose it is, the task id and the stopCode are kept whole; a reason is shortened in
+# the middle; advice is dropped first.
+KEEP, SHORTEN, DROP = "keep", "shorten", "drop"
+
+
+def encoded_size(text: str, encoding: str = "utf-8") -> int:
+    """Bytes that `text` takes on a stream with this encoding and errors="replace"."""
+    return len(text.encode(encoding, errors="replace"))
+
+
+def _longest_prefix(text: str, budget: int, encoding: str) -> str:
+    size = 0
+    for index, char in enumerate(text[: max(0, budget)]):  # a character takes at least one byte
+        size += encoded_size(char, encoding)
+        if size > budget:
+            return text[:index]
+    return text[: max(0, budget)]
+
+
+def _longest_suffix(text: str, budget: int, encoding: str) -> str:
+    return _longest_prefix(text[::-1], budget, encoding)[::-1]
+
+
+def shorten_middle(text: str, budget: int, encoding: str = "utf-8") -> str:
+    """`text` in at most `budget` bytes: its start and its end, with "..." for what was cut."""
+    if encoded_size(text, encoding) <= budget:
+        return text
+    room = budget - len(SHORTENED)
+    if room <= 0:
+        return ""
+    head = _longest_prefix(text, room - room // 2, encoding)
+    tail = _longest_suffix(text, room - encoded_size(head, encoding), encoding)
+    return head + SHORTENED + tail
+
+
+def fit_parts(parts: List[Tuple[str, str]], budget: int, encoding: str = "utf-8") -> str:
+    """Join (how, text) parts into one line of at most `budget` bytes, cutting by priority.
+
+    DROP parts go first, the last one first; then SHORTEN parts are shortened in the middle
+    (and left out when too little of them would be left); KEEP parts are never cut, so the
+    caller gives a budget that holds them.
+    """
+    parts = list(parts)
+
+    def size() -> int:
+        return sum(encoded_size(text, encoding) for _, text in parts)
+
+    for index in reversed(range(len(parts))):
+        if size() <= budget:
+            break
+        if parts[index][0] == DROP:
+            parts[index] = (DROP, "")
+    for index in reversed(range(len(parts))):
+        if size() <= budget:
+            break
+        how, text = parts[index]
+        if how == SHORTEN:
+            room = budget - (size() - encoded_size(text, encoding))
+            shortened = shorten_middle(text, room, encoding)
+            parts[index] = (how, shortened if encoded_size(shortened, encoding) >= 2 * len(SHORTENED) + 8 else "")
+    return "".join(text for _, text in parts)
+
+
+def tail_that_fits(lines: List[str], budget: int, encoding: str = "utf-8") -> List[str]:
+    """The last lines that fit in `budget` bytes, one newline each. If not even the last one
+    fits, its end, after "...": the error is usually at the end of the log and of its line."""
+    kept: List[str] = []
+    used = 0
+    for line in reversed(lines):
+        size = encoded_size(line, encoding) + 1
+        if used + size > budget:
+            end = _longest_suffix(line, budget - used - 1 - len(SHORTENED), encoding) if not kept else ""
+            if end:
+                kept.append(SHORTENED + end)
+            break
+        kept.append(line)
+        used += size
+    return kept[::-1]
+
+
+def stdout_budget(limit: int, stderr_used: int) -> int:
+    """What stdout may hold under --quiet: the agent's limit, and with stderr together, what the
+    manager's cut to twice that limit keeps, so the verdict on stderr is never cut off there."""
+    return max(0, min(limit, 2 * limit - MANAGER_MESSAGE_OVERHEAD - stderr_used))
+
+
+def kept_line_budget(limit: int) -> int:
+    """At most this much for one line before the verdict (the launch line, a notice)."""
+    return max(limit // 4, 64)
+
+
+def verdict_reserve(limit: int) -> int:
+    """What lines before the verdict always leave for it: the exit code, whose it is, the task
+    id and the stopCode fit in 192 bytes whatever the names (see verdict_parts)."""
+    return max(limit // 2, 192)
+
+
+def verdict_parts(exit_code: int, owner: Optional[str], task_arn: Optional[str], stop_code: Optional[str],
+                  message: str, advice: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The verdict under --quiet, by priority: the exit code and whose it is; the task id; the
+    stopCode; the reason (Outcome.message, without the task id it repeats); advice."""
+    whose = "ecsbatch" if owner is None else f"container {shorten_middle(owner, 40)}"
+    parts = [(KEEP, f"ecsbatch: exit {exit_code} from {whose}")]
+    tid = task_id(task_arn) if task_arn else None
+    if tid:
+        parts.append((KEEP, f", task {shorten_middle(tid, 48)}"))
+    if stop_code:
+        parts.append((KEEP, f", stopCode {shorten_middle(stop_code, 32)}"))
+    reason = message[len(f"task {tid} "):] if tid and message.startswith(f"task {tid} ") else message
+    reason = reason.replace(f"stopCode={stop_code}; ", "") if stop_code else reason
+    parts.append((SHORTEN, f": {reason}"))
+    if advice:
+        parts.append((DROP, f"; {advice}"))
+    return parts
+
+
+def task_line_parts(verb: str, task_arn: str, label: str, counted: List[str], cluster: Optional[str],
+                    state: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The launch (or attach) line under --quiet: the task id first, the reattach advice last."""
+    details = f" ({label}, cluster {cluster or 'default'}, counting {', '.join(counted)}{', ' + state if state else ''})"
+    return [(KEEP, f"ecsbatch: {verb} task {task_id(task_arn)}"), (SHORTEN, details),
+            (DROP, f"; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_id(task_arn)}")]
 
 
 class SilencingWriter(io.BufferedIOBase):
@@ -2052,558 +2816,48 @@ class Reporter:
 OUTPUT = Reporter()
 
 
-class SignalGuard:
-    """SIGHUP, SIGINT, SIGQUIT and SIGTERM end the job the same way: the task is stopped first,
-    then ecsbatch exits with the signal's code (EXIT_FOR_SIGNAL: 129, 130, 131, 143).
+def progress(message: str, *, kept: bool = False) -> None:
+    """One timestamped line on stderr, and in the system log for `run` and `wait`.
 
-    - SIGHUP is a lost terminal or SSH session. A SIGHUP ignored at start (`nohup`) stays
-      ignored: whoever started ecsbatch asked for the job to outlive the session.
-    - SIGQUIT (Ctrl-\\) would otherwise kill the runner at once (and dump core), leaving the task
-      running unwatched. An operator who presses it wants the job gone, so it stops the task like
-      SIGTERM does; a second signal still exits at once.
-
-    By default a first signal raises Interrupted where the main thread is. Inside `hold()` it is
-    only recorded in `received` and waits its turn; `deferred()` is a hold that raises it when the
-    block ends; `interruptible()`, inside a hold, raises a held signal at once and lets new ones
-    raise again until the block ends. A second signal always exits at once with the first
-    signal's code, without cleaning up, after one line that says what is left behind.
+    Under --quiet only `kept` lines reach stderr (a line that names the task), within the output
+    limit and shortened to fit, always leaving room for the verdict.
     """
-
-    def __init__(self) -> None:
-        self.received: Optional[int] = None
-        self.ignored: List[int] = []  # ignored at start, and left so
-        # What the second-signal line says after "second SIGTERM: "; a callable is asked then.
-        self.on_second_signal: Any = "exiting now"
-        self._modes: List[bool] = []  # innermost last: True holds a first signal, False raises it
-
-    @property
-    def holding(self) -> bool:
-        return bool(self._modes) and self._modes[-1]
-
-    @property
-    def deferring(self) -> bool:
-        """The older name of `holding`, still set by the launch path's botocore hooks."""
-        return self.holding
-
-    @deferring.setter
-    def deferring(self, value: bool) -> None:
-        """Set the innermost block's mode; outside every block, True holds from now on."""
-        if self._modes:
-            self._modes[-1] = bool(value)
-        elif value:
-            self._modes.append(True)
-
-    def install(self) -> None:
-        for signum in EXIT_FOR_SIGNAL:
-            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
-                self.ignored.append(signum)
-                continue
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            self._exit_now(signum)
-        self.received = signum
-        if not self.holding:
-            raise Interrupted(signum)
-
-    def _exit_now(self, signum: int) -> None:
-        """Straight to the file descriptor: the main thread may be in the middle of a write."""
-        try:
-            said = self.on_second_signal() if callable(self.on_second_signal) else self.on_second_signal
-            os.write(2, OUTPUT.last_words(f"second {signal.Signals(signum).name}: {said}"))
-        except Exception:  # nothing may keep this exit from happening
-            pass
-        os._exit(EXIT_FOR_SIGNAL[self.received or signum])
-
-    @contextlib.contextmanager
-    def _mode(self, holding: bool) -> Iterator[None]:
-        depth = len(self._modes)
-        self._modes.append(holding)
-        try:
-            yield
-        finally:
-            del self._modes[depth:]
-
-    def hold(self) -> "contextlib.AbstractContextManager[None]":
-        """A first signal inside the block is recorded in `received` and waits its turn."""
-        return self._mode(True)
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Hold a signal until the block ends, so that a launch is never cut in half; then raise it."""
-        with self.hold():
-            yield
-        if self.received is not None:
-            raise Interrupted(self.received)
-
-    @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
-        """Inside a hold: a signal already held raises now, and new ones raise until the block ends."""
-        with self._mode(False):
-            if self.received is not None:
-                raise Interrupted(self.received)
-            yield
-
-
-class KnownTask:
-    """The task this run launched, from the moment RunTask answered: if a signal ever escapes
-    the wait's own handling, main() still stops it instead of saying nothing was started."""
-
-    current: Optional[Tuple[Any, Optional[str], str]] = None
-
-    @classmethod
-    def remember(cls, ecs: Any, cluster: Optional[str], task_arn: str) -> None:
-        cls.current = (ecs, cluster, task_arn)
-
-    @classmethod
-    def forget(cls) -> None:
-        """The wait has judged or stopped the task: nothing left to do for it."""
-        cls.current = None
-
-    @classmethod
-    def stop_for(cls, signum: int) -> Optional[str]:
-        return cls.stop(f"{signal.Signals(signum).name} received by the job runner")
-
-    @classmethod
-    def stop(cls, why: str) -> Optional[str]:
-        """StopTask the remembered task; a sentence saying what happened, or None."""
-        import botocore.exceptions
-
-        if cls.current is None:
-            return None
-        ecs, cluster, task_arn = cls.current
-        cls.current = None
-        try:
-            stop_task(ecs, cluster, task_arn, stop_reason_text(why))
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            return (f"{why}; StopTask failed ({aws_error_text(exc)}): task {task_arn} may still be running; "
-                    f"stop it with: ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}")
-        return f"{why}; StopTask sent for task {task_id(task_arn)}"
-
-
-# The runner registry: `ecsbatch stop --job-key K` signals the runners of K on this machine, so
-# that a job whose RunTask is still in flight (re-sends, capacity retries) is stopped by its own
-# runner's signal path, which knows or finds the task. One file per runner, in a directory only
-# this user can use, holding the pid and the process start time (a reused pid does not match).
-
-
-def runtime_dirs() -> List[str]:
-    """Where runners register: $XDG_RUNTIME_DIR/ecsbatch, then a private directory under the
-    temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset). `stop` looks in both."""
-    import tempfile
-
-    dirs = []
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
-    dirs.append(os.path.join(tempfile.gettempdir(), f"ecsbatch-{os.getuid()}"))
-    return dirs
-
-
-def private_dir(path: str, *, create: bool) -> bool:
-    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
-    import stat
-
-    if create:
-        with contextlib.suppress(OSError):
-            os.mkdir(path, 0o700)
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
-def process_start_time(pid: int) -> Optional[str]:
-    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
-    there is no such process or it has exited (a zombie waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
-
-
-def register_runner(key: str) -> Optional[str]:
-    """Record this runner under its key until it exits, in each runtime directory (a stop command
-    may run with another environment). Returns the first file, or None if no private directory
-    could be used (then `stop` still finds the tasks in ECS)."""
-    import atexit
-
-    start = process_start_time(os.getpid())
-    first: Optional[str] = None
-    for directory in runtime_dirs():
-        if start is None or not private_dir(directory, create=True):
-            continue
-        path = os.path.join(directory, runner_file_name(key, os.getpid()))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError:
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
-        atexit.register(unregister_runner, path)
-        first = first or path
-    return first
-
-
-def unregister_runner(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def registered_runners(key: str) -> List[Tuple[int, str]]:
-    """(pid, start time) of the live runners of `key` for this user; stale entries are removed."""
-    import glob
-
-    prefix = runner_file_name(key, 0).split(".", 1)[0]
-    pids: List[Tuple[int, str]] = []
-    for directory in runtime_dirs():
-        if not private_dir(directory, create=False):
-            continue
-        for path in glob.glob(os.path.join(directory, f"{prefix}.*.json")):
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    entry = json.load(handle)
-                pid, start = int(entry["pid"]), str(entry["start"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if entry.get("key") == key and process_start_time(pid) == start:
-                pids.append((pid, start))
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-    return sorted(set(pids))
-
-
-def runner_alive(pid: int, start: Optional[str]) -> bool:
-    return start is not None and process_start_time(pid) == start
-
-
-class TimeoutExpired(Exception):
-    pass
-
-
-class TaskMissing(Exception):
-    pass
-
-
-class LogFollower:
-    """Prints a container's CloudWatch Logs lines as they arrive, each exactly once.
-
-    It pages with forward tokens from the head of the stream, waits for a stream that does not
-    exist yet, and keeps the last lines for the failure report: at least LOG_TAIL_LINES, and at
-    least `tail_bytes` of them for --quiet. Under --quiet it prints nothing. A failed read is
-    reported once and retried on the next poll: logs never end the wait or change the exit code.
-    """
-
-    def __init__(self, logs: Any, source: LogSource, *, to_stderr: bool, tail_bytes: int = 0) -> None:
-        self.logs, self.source, self.to_stderr = logs, source, to_stderr
-        self.token: Optional[str] = None
-        self.tail: "collections.deque[str]" = collections.deque()
-        self.tail_bytes, self.tail_size = tail_bytes, 0
-        self.failing = False
-
-    def poll(self) -> int:
-        """Read every page there is now. Returns how many lines were printed."""
-        import botocore.exceptions
-
-        printed = 0
-        while True:
-            try:
-                events, next_token = read_log_page(self.logs, self.source, self.token)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
-                    self._report(exc)
-                return printed  # a stream appears when its container starts
-            except botocore.exceptions.BotoCoreError as exc:
-                self._report(exc)
-                return printed
-            self.failing = False
-            for event in events:
-                line = str(event.get("message", "")).rstrip("\n")
-                self._print(line)
-                self._keep(line)
-            printed += len(events)
-            # CloudWatch Logs hands back the token it was given at the end of the stream.
-            if not next_token or next_token == self.token:
-                return printed
-            self.token = next_token
-
-    def drain(self) -> None:
-        """After the task stopped: read on until the stream has been quiet for a while."""
-        limit = time.monotonic() + LOG_DRAIN_LIMIT_SECONDS
-        quiet_since = time.monotonic()
-        while time.monotonic() < limit:
-            if self.poll():
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= LOG_SETTLE_SECONDS:
-                return
-            time.sleep(LOG_DRAIN_POLL)
-
-    def _print(self, line: str) -> None:
-        # A reader that went away (`ecsbatch run | head`) silences the stream, never the job:
-        # see SilencingWriter.
-        if not OUTPUT.quiet:
-            click.echo(line, file=sys.stderr if self.to_stderr else sys.stdout)
-
-    def _keep(self, line: str) -> None:
-        self.tail.append(line)
-        self.tail_size += len(line) + 1
-        while len(self.tail) > LOG_TAIL_LINES and self.tail_size - len(self.tail[0]) - 1 >= self.tail_bytes:
-            self.tail_size -= len(self.tail.popleft()) + 1
-
-    def _report(self, exc: BaseException) -> None:
-        if not self.failing:
-            progress(f"reading {self.source.group} {self.source.stream} failed, will retry: {aws_error_text(exc)}")
-        self.failing = True
-
-
-class Watch:
-    """Polls one task until it stops, printing each state change and a heartbeat.
-
-    `clock` and `sleep` are injectable so that tests can run the MISSING rules on a fake clock.
-    """
-
-    def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
-                 follower: Optional[LogFollower] = None, missing_grace: float = MISSING_GRACE_SECONDS,
-                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
-        self.poll_interval = poll_interval
-        self.follower = follower
-        self.missing_grace = missing_grace
-        self.rng = rng or random.Random()
-        self.clock, self.sleep = clock, sleep
-        self.started = clock()
-        self.last_task: Optional[Dict[str, Any]] = None
-        self.last_status: Optional[str] = None
-        self.last_line_at = self.started
-        self.missing_since: Optional[float] = None
-        self.missing_answers = 0
-        self.no_word = False
-        self.stop_sent = False
-        self.polled = False
-
-    def rehearse(self) -> None:
-        """Load now everything a stop needs (see rehearse_stop); a failure here never ends the job."""
-        try:
-            rehearse_stop(self.ecs, self.cluster, self.follower.logs if self.follower is not None else None)
-        except Exception:  # the real stop will try anyway
-            import logging
-
-            logging.getLogger("ecsbatch").debug("rehearsing the stop failed", exc_info=True)
-
-    def poll(self) -> Optional[Dict[str, Any]]:
-        """One DescribeTasks call. Returns the task, or None when ECS gave no word on it this time."""
-        import botocore.exceptions
-
-        tid = task_id(self.task_arn)
-        try:
-            task, missing_reason = describe_task(self.ecs, self.cluster, self.task_arn)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            progress(f"DescribeTasks failed after retries, polling again: {aws_error_text(exc)}")
-            self.last_line_at = self.clock()
-            return None
-        if task is None and missing_reason == NO_WORD_ON_TASK:
-            if not self.no_word:  # once per spell: an answer like this is no word on the task either way
-                progress(f"DescribeTasks gave {NO_WORD_ON_TASK}; polling again")
-                self.last_line_at = self.clock()
-            self.no_word = True
-            return None
-        self.no_word = False
-        if task is None:
-            self._missing(missing_reason or "MISSING")
-            return None
-        self.missing_since, self.missing_answers = None, 0
-        self.last_task = task
-        status = task.get("lastStatus")
-        now = self.clock()
-        if status != self.last_status:
-            progress(f"task {tid} {status}")
-            self.last_status, self.last_line_at = status, now
-        elif now - self.last_line_at >= HEARTBEAT_SECONDS:
-            progress(f"task {tid} still {status} after {format_duration(now - self.started)}")
-            self.last_line_at = now
-        return task
-
-    def _missing(self, reason: str) -> None:
-        """Count a MISSING answer; raise TaskMissing once missing_is_final says they prove it."""
-        now = self.clock()
-        if self.missing_since is None:
-            self.missing_since = now
-        self.missing_answers += 1
-        seen = self.last_task is not None
-        if missing_is_final(seen=seen, answers=self.missing_answers, first_missing_at=self.missing_since, now=now,
-                            started_at=self.started, launch_grace=self.missing_grace):
-            after = f" after it was seen {self.last_status}" if seen else ""
-            raise TaskMissing(f"task {task_id(self.task_arn)} is unknown to ECS ({reason}) in {self.missing_answers} "
-                              f"answers over {format_duration(now - self.missing_since)}{after}: "
-                              "it never started or was deleted")
-        if seen and self.missing_answers == 1:
-            progress(f"DescribeTasks did not find task {task_id(self.task_arn)} ({reason}), last seen "
-                     f"{self.last_status}; polling again: one answer is not proof")
-            self.last_line_at = now
-
-    def until_stopped(self, deadline: Optional[float]) -> Dict[str, Any]:
-        """Poll until STOPPED. Raises TimeoutExpired at the deadline, TaskMissing if it vanished."""
-        delay = next_poll_delay(self.poll_interval, self.rng, first=True)
-        if not self.polled:  # the first poll of all counts from the watch's start, not from the rehearsal
-            delay = max(0.0, self.started + delay - self.clock())
-        while True:
-            if deadline is not None:
-                if self.clock() >= deadline:
-                    raise TimeoutExpired()
-                delay = min(delay, max(0.0, deadline - self.clock()))
-            self.sleep(delay)
-            if deadline is not None and self.clock() >= deadline:
-                raise TimeoutExpired()
-            task = self.poll()
-            self.polled = True
-            if self.follower is not None:
-                self.follower.poll()
-            if task is not None and task.get("lastStatus") == "STOPPED":
-                return task
-            delay = next_poll_delay(self.poll_interval, self.rng)
-
-    def stop(self, why: str, *, confirm: bool = True) -> StopAttempt:
-        """StopTask, then (with `confirm`) wait a while for STOPPED. Says what happened, never more."""
-        import botocore.exceptions
-
-        tid = task_id(self.task_arn)
-        reason = stop_reason_text(why)
-        before = self.last_task
-        progress(f"stopping task {tid}: {why}")
-        try:
-            at_stop = stop_task(self.ecs, self.cluster, self.task_arn, reason)
-        except Exception as exc:  # whatever kept it from going out, the verdict must say so
-            known = isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
-            error = aws_error_text(exc) if known else f"{type(exc).__name__}: {one_line(exc)}"
-            progress(f"StopTask failed: {error}")
-            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
-        self.stop_sent = True
-        if at_stop is None:  # ECS always answers with the task: this came from something else
-            error = f"StopTask got {NO_WORD_ON_TASK}"
-            progress(f"StopTask failed: {error}")
-            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
-        if not confirm:
-            return StopAttempt(reason, True, None, before, at_stop, self.last_task)
-        deadline = self.clock() + STOP_CONFIRM_SECONDS
-        self.poll_interval = min(self.poll_interval, STOP_CONFIRM_POLL)
-        try:
-            task: Optional[Dict[str, Any]] = self.until_stopped(deadline)
-        except Exception:  # TimeoutExpired, TaskMissing, or worse: ECS accepted the stop all the same
-            progress(f"task {tid} is still {self.last_status} after {format_duration(STOP_CONFIRM_SECONDS)}; "
-                     "ECS is stopping it")
-            task = self.last_task
-        return StopAttempt(reason, True, None, before, at_stop, task)
-
-    def _look_once(self) -> Optional[Dict[str, Any]]:
-        """After a failed StopTask: how the task is now, if ECS says (it may have stopped anyway)."""
-        try:
-            task, _ = describe_task(self.ecs, self.cluster, self.task_arn)
-        except Exception:  # as little as can be said is all that is said
-            return self.last_task
-        if task is not None:
-            self.last_task, self.last_status = task, task.get("lastStatus")
-        return self.last_task
-
-
-class Outcome(NamedTuple):
-    exit_code: int
-    kind: str  # succeeded, failed, timeout, interrupted, missing, error, not-stopped
-    message: str
-    task: Optional[Dict[str, Any]]
-
-
-def verdict_kind(verdict: Verdict, task: Mapping[str, Any]) -> str:
-    """The --json outcome of a task judged as it stopped."""
-    if verdict.exit_code == 0:
-        return "succeeded"
-    return "interrupted" if is_operator_stop(task) else "failed"
-
-
-def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], timeout: Optional[float],
-              timeout_text: str, interrupted_by: Optional[int] = None) -> Outcome:
-    """Wait for the task and judge it. Whatever ends the wait, ecsbatch stops the task, or the
-    verdict says plainly that it could not. Only the wait itself can be interrupted: before it,
-    a signal is held (and then ends the wait at once), after it a first signal waits its turn."""
-    deadline = None if timeout is None else watch.started + timeout
-    arn, tid = watch.task_arn, task_id(watch.task_arn)
-    guard.on_second_signal = lambda: (
-        f"exiting now; StopTask was sent for task {tid}" if watch.stop_sent else
-        f"exiting now; task {tid} may still be running: stop it with: {stop_command(watch.cluster, arn)}")
-    ending: Optional[Verdict] = None
-    kind = "error"
-    with guard.hold():
-        watch.rehearse()  # a release replaced under a running job must never break its stop
-        try:
-            if interrupted_by is not None:
-                raise Interrupted(interrupted_by)
-            with guard.interruptible():
-                task = watch.until_stopped(deadline)
-        except Interrupted as interrupt:
-            name = signal.Signals(interrupt.signum).name
-            when = " during launch" if interrupted_by is not None else ""
-            ending, kind = Verdict(EXIT_FOR_SIGNAL[interrupt.signum], f"{name} received by the job runner{when}"), \
-                "interrupted"
-        except TimeoutExpired:
-            ending, kind = Verdict(EXIT_TIMEOUT, f"--timeout {timeout_text} expired"), "timeout"
-        except TaskMissing as missing:
-            attempt = watch.stop(str(missing), confirm=False)
-            verdict = judge_missing(str(missing), attempt, cluster=watch.cluster, task_arn=arn)
-            return Outcome(verdict.exit_code, "missing", verdict.message, watch.last_task)  # no stream to drain
-        except Exception as exc:  # a bug of ours must not orphan the task
-            import logging
-
-            logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
-            ending = Verdict(EXIT_ECS_FAILURE, f"internal error while waiting ({type(exc).__name__}: "
-                             f"{one_line(exc)}; rerun with --debug for the traceback)")
-        if ending is None:
-            verdict = judge_stopped_task(task, counted_names)
-            outcome = Outcome(verdict.exit_code, verdict_kind(verdict, task), verdict.message, task)
-        else:
-            attempt = watch.stop(ending.message)
-            verdict, how = judge_after_stop(ending, attempt, counted_names, cluster=watch.cluster, task_arn=arn)
-            if how == "judged":
-                kind = verdict_kind(verdict, attempt.task or {})
-            elif how == "not-stopped":
-                kind = "not-stopped"
-            outcome = Outcome(verdict.exit_code, kind, verdict.message, dict(attempt.task) if attempt.task else None)
-        if watch.follower is not None:
-            try:
-                watch.follower.drain()  # the last lines, usually the error, come after the stop
-            except Exception as exc:  # the log is a courtesy: it never changes the verdict
-                progress(f"reading the last log lines failed: {type(exc).__name__}: {one_line(exc)}")
-        return outcome
-
-
-def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[[], Optional[LogFollower]]], *,
-             interrupted_by: Optional[int], **wait_args: Any) -> Outcome:
-    """From a known task to supervise(). The log client is built with signals held, and a signal
-    that lands anywhere before supervise() takes over is handed to it, so the task is stopped."""
-    pending = interrupted_by
-    for _ in range(3):
-        try:
-            if make_follower is not None:
-                build, make_follower = make_follower, None
-                with guard.deferred():
-                    try:
-                        watch.follower = build()
-                    except EcsbatchError as exc:  # no logs client: the job goes on without its lines
-                        progress(f"container logs are not streamed: {exc.format_message()}")
-            outcome = supervise(watch, guard, interrupted_by=pending, **wait_args)
-            KnownTask.forget()
-            return outcome
-        except Interrupted as interrupt:
-            pending = interrupt.signum if pending is None else pending
-    raise Interrupted(pending if pending is not None else signal.SIGTERM)  # main() stops the known task
+    OUTPUT.progress(message, kept=kept)
+
+
+def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], counted: List[str],
+                   follower: Optional[LogFollower], where: Optional[str], as_json: bool, elapsed: float) -> None:
+    """The verdict on stderr, then the log tail: under the verdict on stderr by default, on stdout
+    under --quiet (with the result line), or inside the JSON object with --json."""
+    OUTPUT.task_arn = task_arn
+    owner = code_owner(outcome.task, counted, outcome.exit_code, outcome.kind)
+    advice = f"details: ecsbatch status {cli_cluster_arg(cluster)}{task_id(task_arn)}" if outcome.exit_code else None
+    OUTPUT.verdict(outcome.exit_code, owner, outcome.task, task_arn, outcome.message, advice)
+    tail = list(follower.tail) if follower is not None else []
+    if not OUTPUT.quiet:
+        tail = tail[-LOG_TAIL_LINES:]
+        if outcome.exit_code != 0 and tail:
+            click.echo(f"last {len(tail)} log lines of {counted[0]}:", file=sys.stderr)
+            for line in tail:
+                click.echo(f"  | {line}", file=sys.stderr)
+    summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
+                           outcome=outcome.kind, message=outcome.message, elapsed=elapsed)
+    if as_json:
+        OUTPUT.emit_json(summary, tail)
+    elif OUTPUT.quiet:
+        note = where if follower is None else (None if tail else f"no log line in {where}")
+        OUTPUT.quiet_stdout(outcome.exit_code, owner, tail, note)
+
+
+def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
+    if as_json:
+        OUTPUT.emit_json(summary, list(summary.get("logTail") or []))
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. The click commands
+# 7. Commands: shared options, then thin click shells
 # ---------------------------------------------------------------------------------------------
+
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -2648,6 +2902,28 @@ def checked_job_key(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]
     return value
 
 
+def read_var_files(ctx: Any, param: Any, paths: Tuple[str, ...]) -> None:
+    """--var-file: parsed as the option is read, kept for template_variables()."""
+    values: Dict[str, str] = {}
+    for path in paths:
+        values.update(parse_variables_file(read_text(path, "--var-file"), path))
+    ctx.meta["ecsbatch.var_file"] = values
+
+
+def remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    OUTPUT.as_json = OUTPUT.as_json or value  # main() owes a JSON object even for an error
+    return value
+
+
+def set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    OUTPUT.quiet = value
+    OUTPUT.use_syslog()  # run and wait: the journal keeps the whole trail
+
+
+def set_output_limit(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    OUTPUT.limit = value
+
+
 def aws_options(command: Callable) -> Callable:
     """--region, --profile and --debug, shared by every command that talks to AWS."""
     for decorator in reversed([
@@ -2674,22 +2950,10 @@ def template_options(command: Callable) -> Callable:
     return command
 
 
-def remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    OUTPUT.as_json = OUTPUT.as_json or value  # main() owes a JSON object even for an error
-    return value
-
-
-def set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    OUTPUT.quiet = value
-    OUTPUT.use_syslog()  # run and wait: the journal keeps the whole trail
-
-
-def set_output_limit(ctx: click.Context, param: click.Parameter, value: int) -> None:
-    OUTPUT.limit = value
-
-
 json_option = click.option("--json", "as_json", is_flag=True, callback=remember_json,
                            help="Print one JSON object on stdout on exit, also for an error.")
+
+
 cluster_option = click.option("--cluster", metavar="NAME", callback=checked_cluster,
                               help="The cluster; default: the one a task ARN names, else ECS's default.")
 
@@ -2726,55 +2990,6 @@ def key_options(command: Callable) -> Callable:
     ]):
         command = decorator(command)
     return command
-
-
-def read_var_files(ctx: Any, param: Any, paths: Tuple[str, ...]) -> None:
-    """--var-file: parsed as the option is read, kept for template_variables()."""
-    values: Dict[str, str] = {}
-    for path in paths:
-        values.update(parse_variables_file(read_text(path, "--var-file"), path))
-    ctx.meta["ecsbatch.var_file"] = values
-
-
-def template_variables(variables: Tuple[str, ...], extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """--var first, then --var-file, then the environment."""
-    merged = dict(os.environ)
-    context = click.get_current_context(silent=True)
-    merged.update(context.meta.get("ecsbatch.var_file", {}) if context is not None else {})
-    merged.update(parse_assignments(variables, "--var", identifier=True))
-    merged.update(extra or {})
-    return merged
-
-
-def read_text(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError as exc:
-        raise InputError(f"{what} {path} not found: pass its path, or run where the file is") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {what} {path}: {one_line(exc)}") from exc
-
-
-def load_request(path: str, variables: Mapping[str, str]) -> Dict[str, Any]:
-    """Read, parse and render one request file."""
-    return render_template(parse_yaml_mapping(read_text(path, "request file"), path), variables, path)
-
-
-def fail_on_problems(source: str, problems: List[str]) -> None:
-    if problems:
-        raise InputError(f"{source}: " + "; ".join(problems))
-
-
-def dump_yaml(data: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
-
-
-def setup_debug(debug: bool) -> None:
-    if debug:
-        install_debug_log()
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, invoke_without_command=True, no_args_is_help=False)
@@ -2921,30 +3136,6 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
                     interrupted_by=pending_signal, missing_grace=MISSING_GRACE_SECONDS, **wait_args)
 
 
-def live_tasks_of_key(ecs: Any, cluster: Optional[str], key: str) -> List[Dict[str, Any]]:
-    """The tasks with startedBy `key` that are meant to run (not asked to stop), with their tags."""
-    arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
-    return [t for t in describe_tasks(ecs, cluster, arns, with_tags=True) if t.get("lastStatus") != "STOPPED"]
-
-
-def attach_to(ecs: Any, guard: SignalGuard, decision: RerunDecision, cluster: Optional[str],
-              timeout: Optional[float], wait_args: Dict[str, Any]) -> None:
-    """A rerun of a job whose task is still live: wait on that task as `wait` would. --timeout
-    counts from the task's creation, so a rerun never gives a stuck job more time."""
-    task = decision.task or {}
-    task_arn = task["taskArn"]
-    OUTPUT.task_arn = task_arn
-    progress(f"{decision.message}; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}", kept=True)
-    remaining = timeout
-    created = task.get("createdAt")
-    if timeout is not None and isinstance(created, datetime.datetime):
-        age = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
-        remaining = max(0.0, timeout - max(0.0, age))
-    KnownTask.remember(ecs, cluster, task_arn)
-    wait_to_the_end(ecs, guard, cluster=cluster, task_arn=task_arn, timeout=remaining, interrupted_by=None,
-                    missing_grace=0.0, **wait_args)
-
-
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("task")
 @cluster_option
@@ -2977,79 +3168,6 @@ def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_te
     wait_to_the_end(ecs, guard, cluster=cluster, task_arn=found["taskArn"], definition=definition, counted=counted,
                     timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs,
                     as_json=as_json, region=region, profile=profile, interrupted_by=None, missing_grace=0.0)
-
-
-def wait_to_the_end(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
-                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
-                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
-                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
-                    missing_grace: float) -> None:
-    """The waiting half of `run`, shared with `wait`: follow, judge, report, exit.
-
-    Only supervise's wait can be interrupted: a signal before it (say, while the logs client is
-    built) is held and then ends the wait at once; one after it waits for the exit."""
-    with guard.hold():
-        wait_and_report(ecs, guard, cluster=cluster, task_arn=task_arn, definition=definition, counted=counted,
-                        timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=logs,
-                        as_json=as_json, region=region, profile=profile, interrupted_by=interrupted_by,
-                        missing_grace=missing_grace)
-
-
-def wait_and_report(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
-                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
-                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
-                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
-                    missing_grace: float) -> None:
-    started = time.monotonic()
-    watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=None, missing_grace=missing_grace)
-    outcome = hand_off(watch, guard, (lambda: log_follower(definition, counted[0], task_arn, region=region,
-                                                           profile=profile, to_stderr=as_json)) if logs else None,
-                       interrupted_by=interrupted_by, counted_names=counted, timeout=timeout,
-                       timeout_text=timeout_text or "")
-    where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
-    report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=watch.follower, where=where,
-                   as_json=as_json, elapsed=time.monotonic() - started)
-    click.get_current_context().exit(outcome.exit_code)
-
-
-def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], counted: List[str],
-                   follower: Optional[LogFollower], where: Optional[str], as_json: bool, elapsed: float) -> None:
-    """The verdict on stderr, then the log tail: under the verdict on stderr by default, on stdout
-    under --quiet (with the result line), or inside the JSON object with --json."""
-    OUTPUT.task_arn = task_arn
-    owner = code_owner(outcome.task, counted, outcome.exit_code, outcome.kind)
-    advice = f"details: ecsbatch status {cli_cluster_arg(cluster)}{task_id(task_arn)}" if outcome.exit_code else None
-    OUTPUT.verdict(outcome.exit_code, owner, outcome.task, task_arn, outcome.message, advice)
-    tail = list(follower.tail) if follower is not None else []
-    if not OUTPUT.quiet:
-        tail = tail[-LOG_TAIL_LINES:]
-        if outcome.exit_code != 0 and tail:
-            click.echo(f"last {len(tail)} log lines of {counted[0]}:", file=sys.stderr)
-            for line in tail:
-                click.echo(f"  | {line}", file=sys.stderr)
-    summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
-                           outcome=outcome.kind, message=outcome.message, elapsed=elapsed)
-    if as_json:
-        OUTPUT.emit_json(summary, tail)
-    elif OUTPUT.quiet:
-        note = where if follower is None else (None if tail else f"no log line in {where}")
-        OUTPUT.quiet_stdout(outcome.exit_code, owner, tail, note)
-
-
-def log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *, region: Optional[str],
-                 profile: Optional[str], to_stderr: bool) -> Optional[LogFollower]:
-    source, where = container_log_source(definition, container, task_arn)
-    if source is None:
-        progress(where)
-        return None
-    progress(f"streaming the log of {container} from {where}")
-    return LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=to_stderr,
-                       tail_bytes=OUTPUT.limit)
-
-
-def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
-    if as_json:
-        OUTPUT.emit_json(summary, list(summary.get("logTail") or []))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -3166,48 +3284,6 @@ def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str],
                   timeout_text=timeout_text, poll_interval=poll_interval)
 
 
-def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str, *, runners: List[Tuple[int, str]],
-                  key: Optional[str], deadline: float, timeout_text: str, poll_interval: float) -> None:
-    """StopTask each task, then wait until all are STOPPED and the signalled runners are gone.
-    While a runner of the key lives, and once more after, tasks of the key that appear (a launch
-    that was in flight, here or on another machine) are stopped too."""
-    sent: set = set()
-
-    def stop_new(candidates: List[str]) -> None:
-        for arn in candidates:
-            if task_id(arn) not in sent:
-                with aws_errors_as():
-                    stop_task(ecs, cluster, arn, reason)
-                sent.add(task_id(arn))
-                progress(f"StopTask sent for {task_id(arn)}")
-
-    stop_new(arns)
-    pending = {task_id(arn): arn for arn in arns}
-    alive = list(runners)
-    last_look = False
-    while True:
-        for found in describe_tasks(ecs, cluster, sorted(pending.values())):
-            if found.get("lastStatus") == "STOPPED" and task_id(found["taskArn"]) in pending:
-                progress(f"task {task_id(found['taskArn'])} STOPPED")
-                del pending[task_id(found["taskArn"])]
-        was_alive = bool(alive)
-        alive = [(pid, start) for pid, start in alive if process_start_time(pid) == start]
-        if was_alive and not alive:
-            progress("the runner has exited")
-        if key is not None and (alive or not last_look):
-            last_look = not alive
-            appeared = [arn for arn in list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
-                        if task_id(arn) not in sent]
-            stop_new(appeared)
-            pending.update({task_id(arn): arn for arn in appeared})
-        if not pending and not alive and (last_look or key is None):
-            return
-        if time.monotonic() >= deadline:
-            left = [task_id(a) for a in sorted(pending.values())] + [f"runner pid {pid}" for pid, _ in alive]
-            raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(left)}; ECS is still stopping them")
-        time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
-
-
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("task")
 @cluster_option
@@ -3294,65 +3370,6 @@ def register(path: str, tag: str, variables: Tuple[str, ...], pin_path: Optional
                                "revision": definition["revision"], "registered": registered}))
     else:
         click.echo(definition["taskDefinitionArn"])
-
-
-def read_pin_target(path: str) -> str:
-    """Read the --pin file and prove, before anything is registered, that it can be rewritten:
-    a pin that fails after RegisterTaskDefinition leaves a revision that nothing runs."""
-    text = read_text(path, "--pin file")
-    pin_task_definition(text, "check:1", path)  # fail before registering, not after
-    target = os.path.realpath(path)
-    if not os.access(target, os.W_OK):
-        raise InputError(f"--pin file {path} is read-only: make it writable, or pin another file")
-    try:
-        fd, temporary = create_beside(target, 0o600)
-        os.close(fd)
-        os.unlink(temporary)
-    except OSError as exc:
-        raise InputError(f"--pin file {path}: cannot write in its directory {os.path.dirname(target)}: "
-                         f"{clipped(exc.strerror or exc)}") from exc
-    return text
-
-
-def create_beside(target: str, mode: int) -> Tuple[int, str]:
-    """A new file next to `target` with an unguessable name, created exclusively (never through a
-    symlink or over another file), with `mode` from the first byte on."""
-    import secrets
-
-    directory, name = os.path.split(target)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        temporary = os.path.join(directory, f".{name}.ecsbatch-{secrets.token_hex(8)}.tmp")
-        try:
-            fd = os.open(temporary, flags, mode)
-        except FileExistsError:
-            continue
-        os.fchmod(fd, mode)  # os.open's mode passes through the umask; the final mode is exact
-        return fd, temporary
-    raise FileExistsError(f"no free temporary name beside {target}")
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Replace the file at `path`, or the file a symlink at `path` points to, in one rename.
-
-    A symlink is followed, as the editors do: the link stays and its target is pinned, which
-    is the file the jobs read (e.g. current/run-task.yaml -> releases/…/run-task.yaml)."""
-    target = os.path.realpath(path)
-    try:
-        mode = os.stat(target).st_mode & 0o7777
-    except OSError:
-        mode = 0o644
-    fd, temporary = create_beside(target, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -39,7 +40,11 @@ def test_every_command_has_an_example_in_its_help():
 
 def test_module_reads_top_down_in_the_documented_order():
     text = (REPO / "ecsbatch.py").read_text()
-    sections = ["# 1. The exit-code contract", "# 2. Pure decisions", "# 3. A thin AWS layer",
-                "# 4. The wait loop", "# 5. The click commands"]
-    positions = [text.index(section) for section in sections]
+    contents = text[:text.index('"""', 3)]
+    listed = re.findall(r"^  (\d)\. (\w[\w ]*):", contents, re.M)
+    assert [number for number, _ in listed] == [str(i) for i in range(1, len(listed) + 1)]
+    headings = [re.search(rf"^# {number}\. ([\w ]+):", text, re.M) for number, _ in listed]
+    assert all(headings), "every section in the table of contents has its heading"
+    assert [h.group(1).lower() for h in headings] == [name.lower() for _, name in listed]
+    positions = [h.start() for h in headings]
     assert positions == sorted(positions)
