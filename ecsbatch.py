@@ -72,7 +72,7 @@ MISSING_GRACE_SECONDS = 60.0
 # MISSING ends a wait only after this many answers in a row, spread over at least this long.
 MISSING_CONFIRM_ANSWERS = 3
 MISSING_CONFIRM_SECONDS = 30.0
-# What describe_task says when an answer names neither the task nor a failure for it (an empty
+# What task_or_why_missing says when an answer names neither the task nor a failure for it (an empty
 # or non-JSON body, such as a proxy's HTML page with status 200): that is no word on the task.
 NO_WORD_ON_TASK = "an answer that names neither the task nor a failure for it"
 # botocore's standard retry mode: exponential backoff with jitter, throttling included.
@@ -158,6 +158,20 @@ CONTAINER_DEFAULTS = {"cpu": 0, "essential": True}
 PORT_MAPPING_DEFAULTS = {"protocol": "tcp"}
 
 
+# How a job ended, as --json's "outcome" names it (Outcome.kind). Documented; keep stable.
+OUTCOME_SUCCEEDED = "succeeded"  # the counted container exited 0
+OUTCOME_FAILED = "failed"  # the counted container exited non-zero, or ECS ended the task
+OUTCOME_TIMEOUT = "timeout"  # --timeout expired
+OUTCOME_INTERRUPTED = "interrupted"  # a signal to the runner, or `ecsbatch stop` by an operator
+OUTCOME_MISSING = "missing"  # ECS no longer knows the task
+OUTCOME_NOT_STOPPED = "not-stopped"  # ecsbatch had to stop the task and StopTask failed
+OUTCOME_LAUNCH_FAILED = "launch-failed"  # RunTask was refused or ECS could not place the task
+OUTCOME_ERROR = "error"  # an AWS call failed, or something unforeseen
+OUTCOME_USAGE_ERROR = "usage-error"  # bad usage or a bad input file; nothing was launched
+OUTCOME_KINDS = (OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_INTERRUPTED, OUTCOME_MISSING,
+                 OUTCOME_NOT_STOPPED, OUTCOME_LAUNCH_FAILED, OUTCOME_ERROR, OUTCOME_USAGE_ERROR)
+
+
 class EcsbatchError(click.ClickException):
     """An error that ends the command with one line on stderr and a documented exit code."""
 
@@ -174,9 +188,14 @@ class InputError(EcsbatchError):
 
 
 class AwsError(EcsbatchError):
-    """AWS refused a call or could not be reached."""
+    """AWS refused a call or could not be reached. Callers ask `code` (AWS's error code, None when
+    AWS gave none) and `no_answer` (True when the request may have gone out but no answer came)."""
 
     exit_code = EXIT_ECS_FAILURE
+
+    def __init__(self, message: str, *, code: Optional[str] = None, no_answer: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.no_answer = code, no_answer
 
 
 class AlreadyRunning(EcsbatchError):
@@ -880,7 +899,7 @@ class Verdict(NamedTuple):
 
 class Outcome(NamedTuple):
     exit_code: int
-    kind: str  # succeeded, failed, timeout, interrupted, missing, error, not-stopped
+    kind: str  # one of OUTCOME_KINDS
     message: str
     task: Optional[Dict[str, Any]]
 
@@ -1183,7 +1202,7 @@ def code_owner(task: Optional[Mapping[str, Any]], counted_names: List[str], exit
     Only a task that stopped by itself and was judged by its containers passes its code on: a
     container that itself exits 2, 124, 125 or 143 is told apart from ecsbatch's codes here.
     """
-    if outcome not in ("succeeded", "failed") or not task or task.get("lastStatus") != "STOPPED":
+    if outcome not in (OUTCOME_SUCCEEDED, OUTCOME_FAILED) or not task or task.get("lastStatus") != "STOPPED":
         return None
     if task.get("stopCode") in EXTERNAL_STOP_CODES or task.get("stopCode") == "TaskFailedToStart":
         return None
@@ -1201,8 +1220,8 @@ def code_owner(task: Optional[Mapping[str, Any]], counted_names: List[str], exit
 def verdict_kind(verdict: Verdict, task: Mapping[str, Any]) -> str:
     """The --json outcome of a task judged as it stopped."""
     if verdict.exit_code == 0:
-        return "succeeded"
-    return "interrupted" if is_operator_stop(task) else "failed"
+        return OUTCOME_SUCCEEDED
+    return OUTCOME_INTERRUPTED if is_operator_stop(task) else OUTCOME_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1224,7 +1243,7 @@ def cli_cluster_arg(cluster: Optional[str]) -> str:
     return f"--cluster {cluster} " if cluster else ""
 
 
-def task_reference(task: str, cluster: Optional[str]) -> Optional[str]:
+def cluster_for_task(task: str, cluster: Optional[str]) -> Optional[str]:
     """The cluster for a TASK argument: --cluster, else the one a long-format ARN names."""
     if cluster is None and task.startswith("arn:"):
         parts = task.split(":", 5)[-1].split("/")  # task/CLUSTER/ID
@@ -1441,7 +1460,9 @@ def aws_errors_as() -> Iterator[None]:
     try:
         yield
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise AwsError(aws_error_text(exc)) from exc
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, botocore.exceptions.ClientError) else None
+        no_answer = isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError))
+        raise AwsError(aws_error_text(exc), code=code, no_answer=no_answer) from exc
 
 
 def describe_task_definition(ecs: Any, name: str, *, with_tags: bool = False) -> Tuple[Dict[str, Any], List[Any]]:
@@ -1495,7 +1516,7 @@ def find_launched_task(ecs: Any, cluster: Optional[str], started_by: str, token:
     under a shared startedBy a match on startedBy alone could be another job's task."""
     for desired in ("RUNNING", "STOPPED") if include_stopped else ("RUNNING",):
         arns = list_task_arns(ecs, cluster, desired_status=desired, started_by=started_by)
-        for task in describe_tasks(ecs, cluster, arns, with_tags=True):
+        for task in tasks_ecs_knows(ecs, cluster, arns, with_tags=True):
             if tag_value(task, TAG_CLIENT_TOKEN) == token:
                 return task
     return None
@@ -1510,14 +1531,11 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
     last re-send, or as soon as a signal arrives, the task is looked for by its client-token tag.
     A task found is returned (the caller stops it if a signal is held). When none is found, a
     signal ends the launch with its own exit code, and otherwise the error is 125."""
-    import botocore.exceptions
-
     token, cluster = request["clientToken"], request.get("cluster")
     attempts = LaunchAttempts(guard)
     events = ecs.meta.events
     events.register_first("needs-retry.ecs.RunTask", attempts.needs_retry)
     events.register("before-send.ecs.RunTask", attempts.before_send)
-    no_answer = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
     failure: Optional[AwsError] = None
     try:
         for resend in range(LAUNCH_RESENDS + 1):
@@ -1527,7 +1545,7 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
             except AwsError as exc:
                 guard.deferring = True
                 failure = exc
-                if not isinstance(exc.__cause__, no_answer) or resend == LAUNCH_RESENDS:
+                if not exc.no_answer or resend == LAUNCH_RESENDS:
                     break
                 progress(f"RunTask got no answer ({exc.format_message()}); re-sending it with the same clientToken")
     except Interrupted:
@@ -1573,9 +1591,11 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
     raise AwsError(f"{what}; {looked}; {advice}") from failure
 
 
-def describe_task(ecs: Any, cluster: Optional[str], task_arn: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(the task, None), or (None, why it is not there). Raises botocore's errors as they are."""
-    answer = ecs.describe_tasks(**cluster_arg(cluster), tasks=[task_arn])
+def task_or_why_missing(ecs: Any, cluster: Optional[str],
+                        task_arn: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(the task, None), or (None, why it is not there). Raises AwsError."""
+    with aws_errors_as():
+        answer = ecs.describe_tasks(**cluster_arg(cluster), tasks=[task_arn])
     for task in answer.get("tasks", []):
         if task.get("taskArn") == task_arn or task_id(task.get("taskArn", "")) == task_id(task_arn):
             return task, None
@@ -1583,10 +1603,9 @@ def describe_task(ecs: Any, cluster: Optional[str], task_arn: str) -> Tuple[Opti
     return None, ", ".join(reasons) or NO_WORD_ON_TASK
 
 
-def find_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
+def require_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
     """A task named on the command line, or a one-line error when ECS does not know it."""
-    with aws_errors_as():
-        found, missing_reason = describe_task(ecs, cluster, task)
+    found, missing_reason = task_or_why_missing(ecs, cluster, task)
     if found is None:
         raise AwsError(f"task {task} is unknown to ECS ({missing_reason}) in cluster {cluster or 'default'}: "
                        "check the id and --cluster; ECS forgets stopped tasks after about an hour")
@@ -1595,8 +1614,10 @@ def find_task(ecs: Any, cluster: Optional[str], task: str) -> Dict[str, Any]:
 
 def stop_task(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> Optional[Dict[str, Any]]:
     """StopTask with `reason` sent as it is: see stop_reason_text and operator_stop_reason.
-    Returns the task as StopTask's answer shows it: its state when the stop took effect."""
-    return ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=reason).get("task")
+    Returns the task as StopTask's answer shows it: its state when the stop took effect. Raises AwsError."""
+    with aws_errors_as():
+        answer = ecs.stop_task(**cluster_arg(cluster), task=task_arn, reason=reason)
+    return answer.get("task")
 
 
 class _RehearsalBody:
@@ -1678,8 +1699,9 @@ def list_task_arns(ecs: Any, cluster: Optional[str], *, desired_status: str,
     return arns
 
 
-def describe_tasks(ecs: Any, cluster: Optional[str], task_arns: List[str], *,
-                   with_tags: bool = False) -> List[Dict[str, Any]]:
+def tasks_ecs_knows(ecs: Any, cluster: Optional[str], task_arns: List[str], *,
+                    with_tags: bool = False) -> List[Dict[str, Any]]:
+    """The tasks among `task_arns` that ECS knows; the ones it does not are left out. Raises AwsError."""
     tasks: List[Dict[str, Any]] = []
     include = {"include": ["TAGS"]} if with_tags else {}
     with aws_errors_as():
@@ -1693,13 +1715,14 @@ def describe_tasks(ecs: Any, cluster: Optional[str], task_arns: List[str], *,
 def live_tasks_of_key(ecs: Any, cluster: Optional[str], key: str) -> List[Dict[str, Any]]:
     """The tasks with startedBy `key` that are meant to run (not asked to stop), with their tags."""
     arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
-    return [t for t in describe_tasks(ecs, cluster, arns, with_tags=True) if t.get("lastStatus") != "STOPPED"]
+    return [t for t in tasks_ecs_knows(ecs, cluster, arns, with_tags=True) if t.get("lastStatus") != "STOPPED"]
 
 
 def read_log_page(logs: Any, source: LogSource, token: Optional[str]) -> Tuple[List[Dict[str, Any]], Optional[str]]:
-    """One page of a log stream, oldest first, and the token for the next one."""
-    answer = logs.get_log_events(logGroupName=source.group, logStreamName=source.stream, startFromHead=True,
-                                 **({"nextToken": token} if token else {}))
+    """One page of a log stream, oldest first, and the token for the next one. Raises AwsError."""
+    with aws_errors_as():
+        answer = logs.get_log_events(logGroupName=source.group, logStreamName=source.stream, startFromHead=True,
+                                     **({"nextToken": token} if token else {}))
     return answer.get("events", []), answer.get("nextForwardToken")
 
 
@@ -1710,14 +1733,10 @@ def register_task_definition(ecs: Any, request: Mapping[str, Any]) -> Dict[str, 
 
 def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], List[Any]]:
     """The family's latest ACTIVE revision with its tags, or (None, []) for a new family."""
-    import botocore.exceptions
-
     try:
         return describe_task_definition(ecs, family, with_tags=True)
     except AwsError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, botocore.exceptions.ClientError) and \
-                cause.response.get("Error", {}).get("Code") == "ClientException":
+        if exc.code == "ClientException":
             return None, []
         raise
 
@@ -1882,16 +1901,14 @@ class KnownTask:
     @classmethod
     def stop(cls, why: str) -> Optional[str]:
         """StopTask the remembered task; a sentence saying what happened, or None."""
-        import botocore.exceptions
-
         if cls.current is None:
             return None
         ecs, cluster, task_arn = cls.current
         cls.current = None
         try:
             stop_task(ecs, cluster, task_arn, stop_reason_text(why))
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            return (f"{why}; StopTask failed ({aws_error_text(exc)}): task {task_arn} may still be running; "
+        except AwsError as exc:
+            return (f"{why}; StopTask failed ({exc.format_message()}): task {task_arn} may still be running; "
                     f"stop it with: ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}")
         return f"{why}; StopTask sent for task {task_id(task_arn)}"
 
@@ -2011,18 +2028,13 @@ class LogFollower:
 
     def poll(self) -> int:
         """Read every page there is now. Returns how many lines were printed."""
-        import botocore.exceptions
-
         printed = 0
         while True:
             try:
                 events, next_token = read_log_page(self.logs, self.source, self.token)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            except AwsError as exc:
+                if exc.code != "ResourceNotFoundException":  # a stream appears when its container starts
                     self._report(exc)
-                return printed  # a stream appears when its container starts
-            except botocore.exceptions.BotoCoreError as exc:
-                self._report(exc)
                 return printed
             self.failing = False
             for event in events:
@@ -2058,14 +2070,15 @@ class LogFollower:
         while len(self.tail) > LOG_TAIL_LINES and self.tail_size - len(self.tail[0]) - 1 >= self.tail_bytes:
             self.tail_size -= len(self.tail.popleft()) + 1
 
-    def _report(self, exc: BaseException) -> None:
+    def _report(self, exc: AwsError) -> None:
         if not self.failing:
-            progress(f"reading {self.source.group} {self.source.stream} failed, will retry: {aws_error_text(exc)}")
+            progress(f"reading {self.source.group} {self.source.stream} failed, will retry: {exc.format_message()}")
         self.failing = True
 
 
-def log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *, region: Optional[str],
-                 profile: Optional[str], to_stderr: bool) -> Optional[LogFollower]:
+def open_log_follower(definition: Mapping[str, Any], container: str, task_arn: str, *, region: Optional[str],
+                      profile: Optional[str], to_stderr: bool) -> Optional[LogFollower]:
+    """A LogFollower for `container`'s log, or None (said on stderr) when it has no CloudWatch log."""
     source, where = container_log_source(definition, container, task_arn)
     if source is None:
         progress(where)
@@ -2112,13 +2125,11 @@ class Watch:
 
     def poll(self) -> Optional[Dict[str, Any]]:
         """One DescribeTasks call. Returns the task, or None when ECS gave no word on it this time."""
-        import botocore.exceptions
-
         tid = task_id(self.task_arn)
         try:
-            task, missing_reason = describe_task(self.ecs, self.cluster, self.task_arn)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            progress(f"DescribeTasks failed after retries, polling again: {aws_error_text(exc)}")
+            task, missing_reason = task_or_why_missing(self.ecs, self.cluster, self.task_arn)
+        except AwsError as exc:
+            progress(f"DescribeTasks failed after retries, polling again: {exc.format_message()}")
             self.last_line_at = self.clock()
             return None
         if task is None and missing_reason == NO_WORD_ON_TASK:
@@ -2184,8 +2195,6 @@ class Watch:
 
     def stop(self, why: str, *, confirm: bool = True) -> StopAttempt:
         """StopTask, then (with `confirm`) wait a while for STOPPED. Says what happened, never more."""
-        import botocore.exceptions
-
         tid = task_id(self.task_arn)
         reason = stop_reason_text(why)
         before = self.last_task
@@ -2193,8 +2202,7 @@ class Watch:
         try:
             at_stop = stop_task(self.ecs, self.cluster, self.task_arn, reason)
         except Exception as exc:  # whatever kept it from going out, the verdict must say so
-            known = isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
-            error = aws_error_text(exc) if known else f"{type(exc).__name__}: {one_line(exc)}"
+            error = exc.format_message() if isinstance(exc, AwsError) else f"{type(exc).__name__}: {one_line(exc)}"
             progress(f"StopTask failed: {error}")
             return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
         self.stop_sent = True
@@ -2217,7 +2225,7 @@ class Watch:
     def _look_once(self) -> Optional[Dict[str, Any]]:
         """After a failed StopTask: how the task is now, if ECS says (it may have stopped anyway)."""
         try:
-            task, _ = describe_task(self.ecs, self.cluster, self.task_arn)
+            task, _ = task_or_why_missing(self.ecs, self.cluster, self.task_arn)
         except Exception:  # as little as can be said is all that is said
             return self.last_task
         if task is not None:
@@ -2236,7 +2244,7 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
         f"exiting now; StopTask was sent for task {tid}" if watch.stop_sent else
         f"exiting now; task {tid} may still be running: stop it with: {stop_command(watch.cluster, arn)}")
     ending: Optional[Verdict] = None
-    kind = "error"
+    kind = OUTCOME_ERROR
     with guard.hold():
         watch.rehearse()  # a release replaced under a running job must never break its stop
         try:
@@ -2248,13 +2256,13 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
             name = signal.Signals(interrupt.signum).name
             when = " during launch" if interrupted_by is not None else ""
             ending, kind = Verdict(EXIT_FOR_SIGNAL[interrupt.signum], f"{name} received by the job runner{when}"), \
-                "interrupted"
+                OUTCOME_INTERRUPTED
         except TimeoutExpired:
-            ending, kind = Verdict(EXIT_TIMEOUT, f"--timeout {timeout_text} expired"), "timeout"
+            ending, kind = Verdict(EXIT_TIMEOUT, f"--timeout {timeout_text} expired"), OUTCOME_TIMEOUT
         except TaskMissing as missing:
             attempt = watch.stop(str(missing), confirm=False)
             verdict = judge_missing(str(missing), attempt, cluster=watch.cluster, task_arn=arn)
-            return Outcome(verdict.exit_code, "missing", verdict.message, watch.last_task)  # no stream to drain
+            return Outcome(verdict.exit_code, OUTCOME_MISSING, verdict.message, watch.last_task)  # no stream to drain
         except Exception as exc:  # a bug of ours must not orphan the task
             import logging
 
@@ -2270,7 +2278,7 @@ def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], tim
             if how == "judged":
                 kind = verdict_kind(verdict, attempt.task or {})
             elif how == "not-stopped":
-                kind = "not-stopped"
+                kind = OUTCOME_NOT_STOPPED
             outcome = Outcome(verdict.exit_code, kind, verdict.message, dict(attempt.task) if attempt.task else None)
         if watch.follower is not None:
             try:
@@ -2312,8 +2320,7 @@ def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str
     def stop_new(candidates: List[str]) -> None:
         for arn in candidates:
             if task_id(arn) not in sent:
-                with aws_errors_as():
-                    stop_task(ecs, cluster, arn, reason)
+                stop_task(ecs, cluster, arn, reason)
                 sent.add(task_id(arn))
                 progress(f"StopTask sent for {task_id(arn)}")
 
@@ -2322,7 +2329,7 @@ def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str
     alive = list(runners)
     last_look = False
     while True:
-        for found in describe_tasks(ecs, cluster, sorted(pending.values())):
+        for found in tasks_ecs_knows(ecs, cluster, sorted(pending.values())):
             if found.get("lastStatus") == "STOPPED" and task_id(found["taskArn"]) in pending:
                 progress(f"task {task_id(found['taskArn'])} STOPPED")
                 del pending[task_id(found["taskArn"])]
@@ -2385,7 +2392,7 @@ def wait_and_report(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], tas
                     missing_grace: float) -> None:
     started = time.monotonic()
     watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=None, missing_grace=missing_grace)
-    outcome = hand_off(watch, guard, (lambda: log_follower(definition, counted[0], task_arn, region=region,
+    outcome = hand_off(watch, guard, (lambda: open_log_follower(definition, counted[0], task_arn, region=region,
                                                            profile=profile, to_stderr=as_json)) if logs else None,
                        interrupted_by=interrupted_by, counted_names=counted, timeout=timeout,
                        timeout_text=timeout_text or "")
@@ -3111,15 +3118,15 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
                 answer = launch(ecs, final, guard, key=own_key)
             except (AwsError, LaunchInterrupted) as error:
                 emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
-                                                   exit_code=error.exit_code, outcome="launch-failed"
-                                                   if isinstance(error, AwsError) else "interrupted",
+                                                   exit_code=error.exit_code, outcome=OUTCOME_LAUNCH_FAILED
+                                                   if isinstance(error, AwsError) else OUTCOME_INTERRUPTED,
                                                    message=error.format_message(), elapsed=0.0))
                 raise
             tasks = answer.get("tasks") or []
             if not tasks:
                 message = launch_failure_message(answer.get("failures", []))
                 emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
-                                                   exit_code=EXIT_ECS_FAILURE, outcome="launch-failed",
+                                                   exit_code=EXIT_ECS_FAILURE, outcome=OUTCOME_LAUNCH_FAILED,
                                                    message=message, elapsed=0.0, failures=answer.get("failures")))
                 raise AwsError(message)
             task_arn = tasks[0]["taskArn"]
@@ -3158,9 +3165,9 @@ def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_te
     guard = SignalGuard()
     guard.install()
     timeout = parse_duration(timeout_text) if timeout_text else None
-    cluster = task_reference(task, cluster)
+    cluster = cluster_for_task(task, cluster)
     ecs = make_client("ecs", region, profile)
-    found = find_task(ecs, cluster, task)
+    found = require_task(ecs, cluster, task)
     definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
     counted = counted_container_names(definition, container)
     OUTPUT.task_line("attached to", found["taskArn"], task_definition_label(definition), counted, cluster,
@@ -3193,12 +3200,12 @@ def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str
         check_started_by(started_by)
     ecs = make_client("ecs", region, profile)
     if task is not None:
-        found = find_task(ecs, task_reference(task, cluster), task)
+        found = require_task(ecs, cluster_for_task(task, cluster), task)
         click.echo(json.dumps(found, default=str) if as_json else task_details(found))
         return
     arns = [arn for desired in ("RUNNING", "STOPPED")
             for arn in list_task_arns(ecs, cluster, desired_status=desired, started_by=started_by)]
-    tasks = describe_tasks(ecs, cluster, arns)
+    tasks = tasks_ecs_knows(ecs, cluster, arns)
     if started_by is None:  # ListTasks filtered on an exact key already; this keeps all of ecsbatch's
         tasks = [t for t in tasks if is_ecsbatch_task(t)]
     if as_json:
@@ -3259,16 +3266,16 @@ def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str],
             progress(f"sent SIGTERM to the runner of {key} (pid {pid}); it stops what it launched or is launching")
     ecs = make_client("ecs", region, profile)
     if task is not None:
-        cluster = task_reference(task, cluster)
+        cluster = cluster_for_task(task, cluster)
         arns = [task]
     elif key is not None:
         arns = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
     elif client_token is not None:
-        arns = [t["taskArn"] for t in describe_tasks(ecs, cluster, list_task_arns(ecs, cluster, desired_status="RUNNING"),
+        arns = [t["taskArn"] for t in tasks_ecs_knows(ecs, cluster, list_task_arns(ecs, cluster, desired_status="RUNNING"),
                                                      with_tags=True)
                 if tag_value(t, TAG_CLIENT_TOKEN) == client_token]
     else:
-        live = describe_tasks(ecs, cluster, list_task_arns(ecs, cluster, desired_status="RUNNING"), with_tags=True)
+        live = tasks_ecs_knows(ecs, cluster, list_task_arns(ecs, cluster, desired_status="RUNNING"), with_tags=True)
         found = expired_tasks(live, datetime.datetime.now(datetime.timezone.utc), grace)
         for item, when in found:
             progress(f"task {task_id(item['taskArn'])} (startedBy {item.get('startedBy') or '-'}) is past its "
@@ -3304,9 +3311,9 @@ def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bo
         ecsbatch logs --follow arn:aws:ecs:ap-northeast-1:123456789012:task/batch/0123456789abcdef
     """
     setup_debug(debug)
-    cluster = task_reference(task, cluster)
+    cluster = cluster_for_task(task, cluster)
     ecs = make_client("ecs", region, profile)
-    found = find_task(ecs, cluster, task)
+    found = require_task(ecs, cluster, task)
     definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
     name = counted_container_names(definition, container)[0]
     source, where = container_log_source(definition, name, found["taskArn"])
@@ -3426,28 +3433,28 @@ def main(argv: Optional[List[str]] = None) -> None:
         # Without standalone mode click returns ctx.exit()'s code instead of exiting.
         result = cli.main(args=args, prog_name="ecsbatch", standalone_mode=False)
     except click.Abort:
-        fail(EXIT_SIGINT, "interrupted", "ecsbatch: aborted", "aborted")
+        fail(EXIT_SIGINT, OUTCOME_INTERRUPTED, "ecsbatch: aborted", "aborted")
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        fail(EXIT_USAGE, "usage-error", f"ecsbatch: error: {exc.format_message()}{hint}", exc.format_message())
+        fail(EXIT_USAGE, OUTCOME_USAGE_ERROR, f"ecsbatch: error: {exc.format_message()}{hint}", exc.format_message())
     except click.ClickException as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
         stopped = KnownTask.stop(f"stopped after an error: {one_line(exc.format_message())}")
-        outcome = "usage-error" if exc.exit_code == EXIT_USAGE else "error"
+        outcome = OUTCOME_USAGE_ERROR if exc.exit_code == EXIT_USAGE else OUTCOME_ERROR
         fail(exc.exit_code, outcome, f"ecsbatch: error: {exc.format_message()}", exc.format_message(), stopped)
     except Interrupted as interrupt:
         stopped = KnownTask.stop_for(interrupt.signum)  # a task launched by this run is never left behind
         what = stopped or f"interrupted by {signal.Signals(interrupt.signum).name}; nothing was started"
-        fail(EXIT_FOR_SIGNAL[interrupt.signum], "interrupted", f"ecsbatch: {what}", what)
+        fail(EXIT_FOR_SIGNAL[interrupt.signum], OUTCOME_INTERRUPTED, f"ecsbatch: {what}", what)
     except Exception as exc:
         stopped = KnownTask.stop(f"internal error: {type(exc).__name__}")
         if debug:
             raise
         message = f"internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)"
-        fail(EXIT_ECS_FAILURE, "error", f"ecsbatch: {message}", message, stopped)
+        fail(EXIT_ECS_FAILURE, OUTCOME_ERROR, f"ecsbatch: {message}", message, stopped)
     sys.exit(result if isinstance(result, int) else 0)
 
 
