@@ -2931,30 +2931,41 @@ def set_output_limit(ctx: click.Context, param: click.Parameter, value: int) -> 
     OUTPUT.limit = value
 
 
-def aws_options(command: Callable) -> Callable:
-    """--region, --profile and --debug, shared by every command that talks to AWS."""
-    for decorator in reversed([
-        click.option("--region", metavar="REGION",
-                     help="AWS region; default: AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region."),
-        click.option("--profile", metavar="NAME", help="AWS profile; default: the standard credential chain."),
-        click.option("--debug", is_flag=True, help="Show tracebacks and botocore's wire log on stderr."),
-    ]):
+def apply_options(command: Callable, *decorators: Callable) -> Callable:
+    """Apply option decorators as if written above `command` in this order."""
+    for decorator in reversed(decorators):
         command = decorator(command)
     return command
 
 
+def poll_interval_option(default: float, help: str) -> Callable:
+    """--poll-interval, with the default and the help of the command that takes it."""
+    return click.option("--poll-interval", type=PollInterval(), default=default, show_default=True,
+                        metavar="SECONDS", help=help)
+
+
+def aws_options(command: Callable) -> Callable:
+    """--region, --profile and --debug, shared by every command that talks to AWS."""
+    return apply_options(
+        command,
+        click.option("--region", metavar="REGION",
+                     help="AWS region; default: AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region."),
+        click.option("--profile", metavar="NAME", help="AWS profile; default: the standard credential chain."),
+        click.option("--debug", is_flag=True, help="Show tracebacks and botocore's wire log on stderr."),
+    )
+
+
 def template_options(command: Callable) -> Callable:
     """--var and --var-file: where ${NAME} placeholders get their values."""
-    for decorator in reversed([
+    return apply_options(
+        command,
         click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
                      help="Fill ${NAME} in the YAML file (repeatable). Unset names come from --var-file, "
                           "then the environment."),
         click.option("--var-file", multiple=True, metavar="FILE", expose_value=False, callback=read_var_files,
                      help="Read NAME=VALUE lines (# comments) for ${NAME}; --var wins over it, it wins over "
                           "the environment. E.g. examples/variables.env."),
-    ]):
-        command = decorator(command)
-    return command
+    )
 
 
 json_option = click.option("--json", "as_json", is_flag=True, callback=remember_json,
@@ -2967,13 +2978,13 @@ cluster_option = click.option("--cluster", metavar="NAME", callback=checked_clus
 
 def wait_options(command: Callable) -> Callable:
     """What `run` and `wait` share about waiting for a task."""
-    for decorator in reversed([
+    return apply_options(
+        command,
         click.option("--container", metavar="NAME",
                      help="The container whose exit code counts. Default: the task definition's essential containers."),
         click.option("--timeout", "timeout_text", metavar="DURATION", callback=checked_duration,
                      help="Stop the task and exit 124 after this long: 90, 90s, 15m, 2h."),
-        click.option("--poll-interval", type=PollInterval(), default=DEFAULT_POLL_INTERVAL,
-                     show_default=True, metavar="SECONDS", help="Longest gap between two DescribeTasks calls."),
+        poll_interval_option(DEFAULT_POLL_INTERVAL, "Longest gap between two DescribeTasks calls."),
         click.option("--no-logs", is_flag=True, help="Do not stream the container's CloudWatch Logs."),
         click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
                      help="For schedulers that keep the head of the output (Hinemos): print nothing while "
@@ -2982,21 +2993,18 @@ def wait_options(command: Callable) -> Callable:
         click.option("--output-limit", type=click.IntRange(min=MIN_OUTPUT_LIMIT), default=DEFAULT_OUTPUT_LIMIT,
                      show_default=True, metavar="BYTES", expose_value=False, callback=set_output_limit,
                      help="With --quiet: bytes per stream, as the agent keeps (Hinemos: job.message.length)."),
-    ]):
-        command = decorator(command)
-    return command
+    )
 
 
 def key_options(command: Callable) -> Callable:
     """--started-by and --job-key: the key that finds a job's tasks without local state."""
-    for decorator in reversed([
+    return apply_options(
+        command,
         click.option("--started-by", metavar="KEY", help="startedBy: 1-36 letters, digits, _, - or /."),
         click.option("--job-key", metavar="TEXT", callback=checked_job_key,
                      help="Derive startedBy from any text, e.g. Hinemos job variables; "
                      "run and stop derive the same key."),
-    ]):
-        command = decorator(command)
-    return command
+    )
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, invoke_without_command=True, no_args_is_help=False)
@@ -3231,8 +3239,7 @@ def status(task: Optional[str], cluster: Optional[str], started_by: Optional[str
 @click.option("--timeout", "timeout_text", default=DEFAULT_STOP_TIMEOUT, show_default=True, metavar="DURATION",
               callback=checked_duration,
               help="Exit 124 if the tasks are not STOPPED (and the runners not gone) by then.")
-@click.option("--poll-interval", type=PollInterval(), default=STOP_CONFIRM_POLL, show_default=True,
-              metavar="SECONDS", help="Gap between two DescribeTasks calls.")
+@poll_interval_option(STOP_CONFIRM_POLL, "Gap between two DescribeTasks calls.")
 @aws_options
 def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str], job_key: Optional[str],
          client_token: Optional[str], expired: bool, grace_text: str, reason: str, timeout_text: str,
@@ -3296,8 +3303,7 @@ def stop(task: Optional[str], cluster: Optional[str], started_by: Optional[str],
 @cluster_option
 @click.option("--container", metavar="NAME", help="Whose log. Default: the first essential container.")
 @click.option("--follow", is_flag=True, help="Keep printing new lines until the task stops (no -f: that is --file).")
-@click.option("--poll-interval", type=PollInterval(), default=DEFAULT_POLL_INTERVAL, show_default=True,
-              metavar="SECONDS", help="With --follow, the gap between two reads.")
+@poll_interval_option(DEFAULT_POLL_INTERVAL, "With --follow, the gap between two reads.")
 @aws_options
 def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bool, poll_interval: float,
          region: Optional[str], profile: Optional[str], debug: bool) -> None:
