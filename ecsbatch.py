@@ -2010,6 +2010,27 @@ def runner_alive(pid: int, start: Optional[str]) -> bool:
     return start is not None and process_start_time(pid) == start
 
 
+class Target(NamedTuple):
+    """A task named on the command line, found: what waiting on it or reading its log needs."""
+
+    ecs: Any
+    cluster: Optional[str]
+    task: Dict[str, Any]
+    definition: Dict[str, Any]
+    counted: List[str]
+
+
+def find_target(task: str, cluster: Optional[str], container: Optional[str], region: Optional[str],
+                profile: Optional[str]) -> Target:
+    """Find TASK (its cluster from --cluster or its ARN), its task definition and the containers
+    that count, or end with a one-line error."""
+    cluster = cluster_for_task(task, cluster)
+    ecs = make_client("ecs", region, profile)
+    found = require_task(ecs, cluster, task)
+    definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
+    return Target(ecs, cluster, found, definition, counted_container_names(definition, container))
+
+
 class LogFollower:
     """Prints a container's CloudWatch Logs lines as they arrive, each exactly once.
 
@@ -3173,11 +3194,7 @@ def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_te
     guard = SignalGuard()
     guard.install()
     timeout = parse_duration(timeout_text) if timeout_text else None
-    cluster = cluster_for_task(task, cluster)
-    ecs = make_client("ecs", region, profile)
-    found = require_task(ecs, cluster, task)
-    definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
-    counted = counted_container_names(definition, container)
+    ecs, cluster, found, definition, counted = find_target(task, cluster, container, region, profile)
     OUTPUT.task_line("attached to", found["taskArn"], task_definition_label(definition), counted, cluster,
                      found.get("lastStatus"))
     wait_to_the_end(ecs, guard, cluster=cluster, task_arn=found["taskArn"], definition=definition, counted=counted,
@@ -3317,11 +3334,8 @@ def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bo
         ecsbatch logs --follow arn:aws:ecs:ap-northeast-1:123456789012:task/batch/0123456789abcdef
     """
     setup_debug(debug)
-    cluster = cluster_for_task(task, cluster)
-    ecs = make_client("ecs", region, profile)
-    found = require_task(ecs, cluster, task)
-    definition, _ = describe_task_definition(ecs, found["taskDefinitionArn"])
-    name = counted_container_names(definition, container)[0]
+    ecs, cluster, found, definition, counted = find_target(task, cluster, container, region, profile)
+    name = counted[0]
     source, where = container_log_source(definition, name, found["taskArn"])
     if source is None:
         raise InputError(where)
