@@ -683,7 +683,9 @@ def deadline_text(now: datetime.datetime, timeout: Optional[float]) -> Optional[
     import math
 
     moment = now.astimezone(datetime.timezone.utc) + datetime.timedelta(seconds=math.ceil(timeout))
-    return moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.microsecond:  # never before the real deadline: `stop --expired` must not come early
+        moment += datetime.timedelta(microseconds=1_000_000 - moment.microsecond)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_deadline(text: Any) -> Optional[datetime.datetime]:

@@ -96,6 +96,10 @@ def test_request_hash_fits_a_tag_value():
 ])
 def test_deadline_text(timeout, expected):
     assert deadline_text(NOW, timeout) == expected
+    # A launch in the middle of a second: the tag's second is the one after, never the one before.
+    later = NOW + datetime.timedelta(microseconds=250_000)
+    if expected:
+        assert parse_deadline(deadline_text(later, timeout)).timestamp() >= later.timestamp() + timeout
     local = NOW.astimezone(datetime.timezone(datetime.timedelta(hours=9)))
     assert deadline_text(local, timeout) == expected  # always UTC
     if expected:
