@@ -20,12 +20,13 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import socket
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+
+from localecs import hang_up, send
 
 
 ERRORS = {
@@ -136,15 +137,15 @@ class FaultProxy:
             self.log.append(entry)
         fault = self._take_fault(operation)
         if self.upstream is None or (fault and fault.action == "drop"):
-            self._hang_up(handler)
+            hang_up(handler)
             return
         if fault and fault.action in ERRORS:
             code, message = ERRORS[fault.action]
-            self._answer(handler, ERROR_STATUS.get(fault.action, 400), {"Content-Type": "application/x-amz-json-1.1"},
-                         json.dumps({"__type": code, "message": message}).encode())
+            send(handler, ERROR_STATUS.get(fault.action, 400), [("Content-Type", "application/x-amz-json-1.1")],
+                 json.dumps({"__type": code, "message": message}).encode())
             return
         if fault and fault.action == "html":
-            self._answer(handler, 200, {"Content-Type": "text/html"}, HTML_PAGE)
+            send(handler, 200, [("Content-Type", "text/html")], HTML_PAGE)
             return
         if fault and fault.action == "delay":
             time.sleep(fault.seconds)
@@ -157,16 +158,16 @@ class FaultProxy:
             answer_headers = {k: v for k, v in response.getheaders()
                               if k.lower() not in ("transfer-encoding", "connection", "content-length")}
         except OSError:  # the endpoint is gone (end of a test run): hang up as it would
-            self._hang_up(handler)
+            hang_up(handler)
             return
         finally:
             connection.close()
         if fault and fault.action == "lose-answer":
-            self._hang_up(handler)
+            hang_up(handler)
             return
         if fault and fault.action == "omit-task" and response.status == 200:
             payload = self._without_tasks(payload)
-        self._answer(handler, response.status, answer_headers, payload)
+        send(handler, response.status, list(answer_headers.items()), payload)
 
     @staticmethod
     def _without_tasks(payload: bytes) -> bytes:
@@ -178,21 +179,3 @@ class FaultProxy:
         missing = [{"arn": task.get("taskArn"), "reason": "MISSING"} for task in answer.get("tasks", [])]
         answer["tasks"], answer["failures"] = [], answer.get("failures", []) + missing
         return json.dumps(answer).encode()
-
-    @staticmethod
-    def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, headers: Dict[str, str],
-                payload: bytes) -> None:
-        handler.send_response(status)
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
-
-    @staticmethod
-    def _hang_up(handler: http.server.BaseHTTPRequestHandler) -> None:
-        handler.close_connection = True
-        try:
-            handler.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass

@@ -161,19 +161,6 @@ def test_timeout_stops_the_task_and_exits_124(job):
     assert "--timeout 1s expired" in result.error_lines[-1]
 
 
-@pytest.mark.parametrize("signum, expected", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_the_task_first(job, signum, expected):
-    running = job.start(plan=Plan(running=60))
-    running.wait_for("RUNNING")
-    running.signal(signum)
-    result = running.finish()
-    assert result.code == expected, result
-    task = job.only_task()
-    assert task.last_status == "STOPPED"
-    assert signal.Signals(signum).name in task.stopped_reason
-    assert "was stopped (STOPPED)" in result.stderr.splitlines()[-1]
-
-
 def test_second_signal_exits_at_once(job):
     running = job.start(plan=Plan(running=60, stop_delay=30))
     running.wait_for("RUNNING")

@@ -14,8 +14,9 @@ from conftest import FAST_POLL, Plan, Running, ecsbatch_command
 from ecsbatch import EXIT_FOR_SIGNAL, Interrupted, SignalGuard
 
 
-@pytest.mark.parametrize("signum, expected", [(signal.SIGHUP, 129), (signal.SIGQUIT, 131)])
-def test_sighup_and_sigquit_stop_the_task_first(job, signum, expected):
+@pytest.mark.parametrize("signum, expected", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129),
+                                              (signal.SIGQUIT, 131)])
+def test_each_signal_stops_the_task_first(job, signum, expected):
     running = job.start(plan=Plan(running=60))
     running.wait_for("RUNNING")
     running.signal(signum)
