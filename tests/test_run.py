@@ -161,21 +161,6 @@ def test_timeout_stops_the_task_and_exits_124(job):
     assert "--timeout 1s expired" in result.error_lines[-1]
 
 
-def test_second_signal_exits_at_once(job):
-    running = job.start(plan=Plan(running=60, stop_delay=30))
-    running.wait_for("RUNNING")
-    running.signal(signal.SIGTERM)
-    running.wait_for("stopping task")
-    time.sleep(0.3)
-    started = time.monotonic()
-    running.signal(signal.SIGTERM)
-    result = running.finish(timeout=10)
-    assert result.code == 143
-    assert time.monotonic() - started < 3
-    assert "second SIGTERM" in result.stderr
-    assert job.only_task().desired_status == "STOPPED"  # the StopTask went out before
-
-
 def signal_while_held(job, proxy, operation: str, signum: int, plan=None):
     """Hold `operation` at the proxy for a few seconds and signal the runner while it waits."""
     from localecs.proxy import Fault

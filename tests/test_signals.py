@@ -30,16 +30,21 @@ def test_each_signal_stops_the_task_first(job, signum, expected):
     assert "was stopped (STOPPED)" in result.error_lines[-1]
 
 
-def test_a_second_signal_exits_at_once_with_the_first_ones_code(job):
+@pytest.mark.parametrize("first, second, expected", [(signal.SIGTERM, signal.SIGTERM, 143),
+                                                      (signal.SIGHUP, signal.SIGQUIT, 129)])
+def test_a_second_signal_exits_at_once_with_the_first_ones_code(job, first, second, expected):
     running = job.start(plan=Plan(running=60, stop_delay=30))
     running.wait_for("RUNNING")
-    running.signal(signal.SIGHUP)
+    running.signal(first)
     running.wait_for("stopping task")
     time.sleep(0.3)
-    running.signal(signal.SIGQUIT)
+    started = time.monotonic()
+    running.signal(second)
     result = running.finish(timeout=10)
-    assert result.code == 129, result
-    assert "second SIGQUIT: exiting now; StopTask was sent for task" in result.stderr
+    assert result.code == expected, result
+    assert time.monotonic() - started < 3
+    assert f"second {second.name}: exiting now; StopTask was sent for task" in result.stderr
+    assert job.only_task().desired_status == "STOPPED"  # the StopTask went out before
 
 
 class Nohup(Running):
