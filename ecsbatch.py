@@ -30,7 +30,7 @@ import re
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Protocol, Tuple
 
 import click
 
@@ -892,18 +892,14 @@ def write_atomically(path: str, text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class Verdict(NamedTuple):
-    """What a stopped task means for the job: the exit code and one line that explains it."""
-
-    exit_code: int
-    message: str
-
-
 class Outcome(NamedTuple):
+    """What happened to the job: the exit code, its kind (one of OUTCOME_KINDS, for --json), one
+    line that explains it, and the task as last seen. Every judgment below returns one."""
+
     exit_code: int
-    kind: str  # one of OUTCOME_KINDS
+    kind: str
     message: str
-    task: Optional[Dict[str, Any]]
+    task: Optional[Dict[str, Any]] = None
 
 
 def essential_container_names(task_definition: Mapping[str, Any]) -> List[str]:
@@ -994,7 +990,7 @@ def rerun_decision(live: List[Mapping[str, Any]], digest: str, key: str, if_runn
                                            f"{oldest.get('lastStatus')}: attaching to it instead of launching another")
 
 
-def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str], *, late_stop: bool = False) -> Verdict:
+def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str], *, late_stop: bool = False) -> Outcome:
     """The whole success judgment for a STOPPED task, from its DescribeTasks entry.
 
     A task stopped by an operator with `ecsbatch stop` ends as a SIGTERM does (143): both of
@@ -1010,30 +1006,32 @@ def judge_stopped_task(task: Mapping[str, Any], counted_names: List[str], *, lat
     context = failure_context(task, counted)
     tid = task_id(task.get("taskArn", "?"))
 
+    def judged(code: int, message: str) -> Outcome:
+        return Outcome(code, judged_kind(code, task, late_stop=late_stop), message, dict(task))
+
     if stop_code == "TaskFailedToStart":
-        return Verdict(EXIT_ECS_FAILURE, f"task {tid} failed to start: {context}")
+        return judged(EXIT_ECS_FAILURE, f"task {tid} failed to start: {context}")
     if is_operator_stop(task) and not late_stop:
-        return Verdict(EXIT_SIGTERM, f"task {tid} was stopped by an operator with ecsbatch stop: {context}")
+        return judged(EXIT_SIGTERM, f"task {tid} was stopped by an operator with ecsbatch stop: {context}")
     if stop_code in EXTERNAL_STOP_CODES:
-        return Verdict(EXIT_ECS_FAILURE, f"task {tid} was stopped before its job finished: {context}")
+        return judged(EXIT_ECS_FAILURE, f"task {tid} was stopped before its job finished: {context}")
     if not counted:
-        return Verdict(EXIT_ECS_FAILURE, f"task {tid} has no container to judge: {context}")
+        return judged(EXIT_ECS_FAILURE, f"task {tid} has no container to judge: {context}")
     for container in counted:
         code = container.get("exitCode")
         if not isinstance(code, int) or isinstance(code, bool):
-            return Verdict(EXIT_ECS_FAILURE,
-                           f"task {tid}: container {container.get('name')} has no exit code: {context}")
+            return judged(EXIT_ECS_FAILURE,
+                          f"task {tid}: container {container.get('name')} has no exit code: {context}")
         if not 0 <= code <= 255:
-            return Verdict(EXIT_ECS_FAILURE,
-                           f"task {tid}: container {container.get('name')} reported exit code {code}, "
-                           f"outside 0-255: {context}")
+            return judged(EXIT_ECS_FAILURE,
+                          f"task {tid}: container {container.get('name')} reported exit code {code}, "
+                          f"outside 0-255: {context}")
     for container in counted:
         if container["exitCode"] != 0:
-            return Verdict(container["exitCode"],
-                           f"task {tid} failed: container {container['name']} exited "
-                           f"{container['exitCode']}: {context}")
+            return judged(container["exitCode"], f"task {tid} failed: container {container['name']} exited "
+                                                 f"{container['exitCode']}: {context}")
     names = ", ".join(c["name"] for c in counted)
-    return Verdict(0, f"task {tid} succeeded: {names} exited 0")
+    return judged(0, f"task {tid} succeeded: {names} exited 0")
 
 
 def failure_context(task: Mapping[str, Any], counted: List[Mapping[str, Any]]) -> str:
@@ -1096,41 +1094,57 @@ def stop_command(cluster: Optional[str], task_arn: str) -> str:
     return f"ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}"
 
 
-def judge_after_stop(ending: Verdict, attempt: StopAttempt, counted_names: List[str], *, cluster: Optional[str],
-                     task_arn: str) -> Tuple[Verdict, str]:
-    """The verdict when ecsbatch ended the wait (a timeout, a signal, an error) and tried StopTask.
+def judge_after_stop(ending: Outcome, attempt: StopAttempt, counted_names: List[str], *, cluster: Optional[str],
+                     task_arn: str) -> Outcome:
+    """The outcome when ecsbatch ended the wait (`ending`: a timeout, a signal, an error) and tried StopTask.
 
-    Returns the verdict and how the task ended: "stopped" (our StopTask ended it: the ending's
-    code, e.g. 124 or 143), "judged" (it had stopped on its own or by someone else: judged as it
-    stopped, whatever fired meanwhile), "stopping" (ECS accepted a stop but the task is not
-    STOPPED yet), or "not-stopped" (StopTask failed and the task may still run: 125, with the
-    command that stops it; never "was stopped").
+    - Our StopTask ended it: the ending's code and kind (124, 143, ...), "was stopped (STOPPED)".
+    - It had stopped on its own or by someone else: judged as it stopped, whatever fired meanwhile.
+    - ECS accepted a stop but the task is not STOPPED yet: the ending's code, "ECS is stopping".
+    - StopTask failed and the task may still run: 125 (OUTCOME_NOT_STOPPED), with the command
+      that stops it; never "was stopped".
     """
     tid = task_id(task_arn)
     task = attempt.task or {}
+    last_seen = dict(attempt.task) if attempt.task else None
     status = task.get("lastStatus")
     if status == "STOPPED":
         ours, early = recorded_our_stop(task, attempt), exited_before_our_stop(attempt, counted_names)
         if ours and not early:
-            return Verdict(ending.exit_code, f"{ending.message}; task {tid} was stopped (STOPPED)"), "stopped"
-        verdict = judge_stopped_task(task, counted_names, late_stop=ours)
-        return Verdict(verdict.exit_code, f"{verdict.message} (it stopped before ecsbatch's StopTask took effect: "
-                       f"{ending.message})"), "judged"
+            return ending._replace(message=f"{ending.message}; task {tid} was stopped (STOPPED)", task=last_seen)
+        judged = judge_stopped_task(task, counted_names, late_stop=ours)
+        return judged._replace(message=f"{judged.message} (it stopped before ecsbatch's StopTask took effect: "
+                                       f"{ending.message})")
     state = status or "state unknown"
     if attempt.accepted or task.get("desiredStatus") == "STOPPED":
-        return Verdict(ending.exit_code, f"{ending.message}; StopTask was accepted and ECS is stopping task {tid} "
-                       f"({state})"), "stopping"
-    return Verdict(EXIT_ECS_FAILURE, f"{ending.message}; task {tid} was NOT stopped and may still be {state}: "
-                   f"StopTask failed ({attempt.error}); stop it with: {stop_command(cluster, task_arn)}"), "not-stopped"
+        return ending._replace(message=f"{ending.message}; StopTask was accepted and ECS is stopping task {tid} "
+                                       f"({state})", task=last_seen)
+    return Outcome(EXIT_ECS_FAILURE, OUTCOME_NOT_STOPPED,
+                   f"{ending.message}; task {tid} was NOT stopped and may still be {state}: StopTask failed "
+                   f"({attempt.error}); stop it with: {stop_command(cluster, task_arn)}", last_seen)
 
 
-def judge_missing(missing: str, attempt: StopAttempt, *, cluster: Optional[str], task_arn: str) -> Verdict:
+def judge_missing(missing: str, attempt: StopAttempt, *, cluster: Optional[str], task_arn: str,
+                  last_seen: Optional[Dict[str, Any]] = None) -> Outcome:
     """125 when ECS stopped knowing the task; say whether the StopTask sent just in case went through."""
     if attempt.accepted:
-        return Verdict(EXIT_ECS_FAILURE, f"{missing}; StopTask was accepted, so ECS still knows the task and is "
-                       "stopping it")
-    return Verdict(EXIT_ECS_FAILURE, f"{missing}; StopTask failed ({attempt.error}): if the task still runs, stop it "
-                   f"with: {stop_command(cluster, task_arn)}")
+        return Outcome(EXIT_ECS_FAILURE, OUTCOME_MISSING, f"{missing}; StopTask was accepted, so ECS still knows the "
+                       "task and is stopping it", last_seen)
+    return Outcome(EXIT_ECS_FAILURE, OUTCOME_MISSING, f"{missing}; StopTask failed ({attempt.error}): if the task "
+                   f"still runs, stop it with: {stop_command(cluster, task_arn)}", last_seen)
+
+
+def ending_for(exc: BaseException, *, timeout_text: str, during_launch: bool = False) -> Outcome:
+    """What ends a wait that ecsbatch cut short, before the task is stopped: a signal is its own
+    exit code, an expired --timeout is 124, and anything else (a bug of ours) is 125."""
+    if isinstance(exc, Interrupted):
+        when = " during launch" if during_launch else ""
+        return Outcome(EXIT_FOR_SIGNAL[exc.signum], OUTCOME_INTERRUPTED,
+                       f"{signal.Signals(exc.signum).name} received by the job runner{when}")
+    if isinstance(exc, TimeoutExpired):
+        return Outcome(EXIT_TIMEOUT, OUTCOME_TIMEOUT, f"--timeout {timeout_text} expired")
+    return Outcome(EXIT_ECS_FAILURE, OUTCOME_ERROR, f"internal error while waiting ({type(exc).__name__}: "
+                   f"{one_line(exc)}; rerun with --debug for the traceback)")
 
 
 def launch_failure_message(failures: List[Mapping[str, Any]]) -> str:
@@ -1219,11 +1233,11 @@ def code_owner(task: Optional[Mapping[str, Any]], counted_names: List[str], exit
     return ", ".join(name for name, _ in codes) if exit_code == 0 else None
 
 
-def verdict_kind(verdict: Verdict, task: Mapping[str, Any]) -> str:
+def judged_kind(exit_code: int, task: Mapping[str, Any], *, late_stop: bool = False) -> str:
     """The --json outcome of a task judged as it stopped."""
-    if verdict.exit_code == 0:
+    if exit_code == 0:
         return OUTCOME_SUCCEEDED
-    return OUTCOME_INTERRUPTED if is_operator_stop(task) else OUTCOME_FAILED
+    return OUTCOME_INTERRUPTED if is_operator_stop(task) and not late_stop else OUTCOME_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1483,9 +1497,10 @@ class LaunchAttempts:
     def __init__(self, guard: "SignalGuard") -> None:
         self.guard = guard
         self.unanswered = False
+        self._between_attempts = contextlib.ExitStack()
 
     def before_send(self, **_: Any) -> None:
-        self.guard.deferring = True
+        self.hold()
         if self.guard.received is not None:
             raise Interrupted(self.guard.received)
 
@@ -1495,9 +1510,12 @@ class LaunchAttempts:
             self.unanswered = True
         if status is not None and status < 300:
             return  # answered: the caller acts on a held signal once it knows the task
-        if self.guard.received is not None:
-            raise Interrupted(self.guard.received)
-        self.guard.deferring = False  # botocore may back off now: a signal cuts the sleep short
+        # botocore may back off now: a held signal ends the launch here, and a new one cuts the sleep short
+        self._between_attempts.enter_context(self.guard.interruptible())
+
+    def hold(self) -> None:
+        """A request goes out, or the launch is over: signals wait their turn again."""
+        self._between_attempts.close()
 
 
 def quick_client(ecs: Any) -> Any:
@@ -1545,7 +1563,7 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
                 with aws_errors_as():
                     return ecs.run_task(**request)
             except AwsError as exc:
-                guard.deferring = True
+                attempts.hold()
                 failure = exc
                 if not exc.no_answer or resend == LAUNCH_RESENDS:
                     break
@@ -1553,7 +1571,7 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
     except Interrupted:
         pass  # guard.received holds it
     finally:
-        guard.deferring = True
+        attempts.hold()
         events.unregister("needs-retry.ecs.RunTask", attempts.needs_retry)
         events.unregister("before-send.ecs.RunTask", attempts.before_send)
 
@@ -1753,6 +1771,17 @@ def next_poll_delay(poll_interval: float, rng: random.Random, *, first: bool = F
     return poll_interval * rng.uniform(FIRST_POLL_FLOOR if first else POLL_JITTER_FLOOR, 1.0)
 
 
+def status_line(tid: str, status: Optional[str], last_status: Optional[str], *, since_line: float,
+                waited: float) -> Optional[str]:
+    """What a poll that saw the task in `status` says: each change of state, and a heartbeat
+    after HEARTBEAT_SECONDS without a line, so that a long job's log shows it is still watched."""
+    if status != last_status:
+        return f"task {tid} {status}"
+    if since_line >= HEARTBEAT_SECONDS:
+        return f"task {tid} still {status} after {format_duration(waited)}"
+    return None
+
+
 class LogSource(NamedTuple):
     group: str
     stream: str
@@ -1814,19 +1843,6 @@ class SignalGuard:
     @property
     def holding(self) -> bool:
         return bool(self._modes) and self._modes[-1]
-
-    @property
-    def deferring(self) -> bool:
-        """The older name of `holding`, still set by the launch path's botocore hooks."""
-        return self.holding
-
-    @deferring.setter
-    def deferring(self, value: bool) -> None:
-        """Set the innermost block's mode; outside every block, True holds from now on."""
-        if self._modes:
-            self._modes[-1] = bool(value)
-        elif value:
-            self._modes.append(True)
 
     def install(self) -> None:
         for signum in EXIT_FOR_SIGNAL:
@@ -2111,19 +2127,43 @@ def open_log_follower(definition: Mapping[str, Any], container: str, task_arn: s
                        tail_bytes=OUTPUT.limit)
 
 
+class TaskWatch(Protocol):
+    """What supervise() needs from whatever watches the task, and all it needs: wait until the
+    task stops (or a deadline passes), stop it and say what happened, and the task as last seen.
+
+    Watch is this process's own DescribeTasks poller. Anything that keeps these promises (a
+    watcher that polls for many runners at once) can stand in for it without touching supervise().
+    """
+
+    task_arn: str
+    cluster: Optional[str]
+    last_task: Optional[Dict[str, Any]]
+    stop_sent: bool  # a StopTask went out: what a second signal's last line says
+
+    def rehearse(self, logs: Any) -> None:
+        """Load now whatever a stop needs; never fails the job."""
+
+    def until_stopped(self, deadline: Optional[float],
+                      between_polls: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
+        """The STOPPED task. Raises TimeoutExpired at `deadline` (time.monotonic), TaskMissing when
+        ECS no longer knows it. `between_polls` runs after each look (the log follower reads)."""
+
+    def stop(self, why: str, *, confirm: bool = True) -> StopAttempt:
+        """StopTask, then (with `confirm`) wait a while for STOPPED. Never raises."""
+
+
 class Watch:
-    """Polls one task until it stops, printing each state change and a heartbeat.
+    """Polls one task with DescribeTasks until it stops, saying each state change and a heartbeat
+    on stderr. It only polls and stops: supervise() decides what the task's end means.
 
     `clock` and `sleep` are injectable so that tests can run the MISSING rules on a fake clock.
     """
 
     def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
-                 follower: Optional[LogFollower] = None, missing_grace: float = MISSING_GRACE_SECONDS,
-                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 missing_grace: float = MISSING_GRACE_SECONDS, rng: Optional[random.Random] = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
         self.poll_interval = poll_interval
-        self.follower = follower
         self.missing_grace = missing_grace
         self.rng = rng or random.Random()
         self.clock, self.sleep = clock, sleep
@@ -2137,10 +2177,10 @@ class Watch:
         self.stop_sent = False
         self.polled = False
 
-    def rehearse(self) -> None:
+    def rehearse(self, logs: Any = None) -> None:
         """Load now everything a stop needs (see rehearse_stop); a failure here never ends the job."""
         try:
-            rehearse_stop(self.ecs, self.cluster, self.follower.logs if self.follower is not None else None)
+            rehearse_stop(self.ecs, self.cluster, logs)
         except Exception:  # the real stop will try anyway
             import logging
 
@@ -2148,7 +2188,6 @@ class Watch:
 
     def poll(self) -> Optional[Dict[str, Any]]:
         """One DescribeTasks call. Returns the task, or None when ECS gave no word on it this time."""
-        tid = task_id(self.task_arn)
         try:
             task, missing_reason = task_or_why_missing(self.ecs, self.cluster, self.task_arn)
         except AwsError as exc:
@@ -2166,16 +2205,17 @@ class Watch:
             self._missing(missing_reason or "MISSING")
             return None
         self.missing_since, self.missing_answers = None, 0
-        self.last_task = task
-        status = task.get("lastStatus")
-        now = self.clock()
-        if status != self.last_status:
-            progress(f"task {tid} {status}")
-            self.last_status, self.last_line_at = status, now
-        elif now - self.last_line_at >= HEARTBEAT_SECONDS:
-            progress(f"task {tid} still {status} after {format_duration(now - self.started)}")
-            self.last_line_at = now
+        self._seen(task)
         return task
+
+    def _seen(self, task: Dict[str, Any]) -> None:
+        now = self.clock()
+        line = status_line(task_id(self.task_arn), task.get("lastStatus"), self.last_status,
+                           since_line=now - self.last_line_at, waited=now - self.started)
+        if line is not None:
+            progress(line)
+            self.last_line_at = now
+        self.last_task, self.last_status = task, task.get("lastStatus")
 
     def _missing(self, reason: str) -> None:
         """Count a MISSING answer; raise TaskMissing once missing_is_final says they prove it."""
@@ -2195,7 +2235,8 @@ class Watch:
                      f"{self.last_status}; polling again: one answer is not proof")
             self.last_line_at = now
 
-    def until_stopped(self, deadline: Optional[float]) -> Dict[str, Any]:
+    def until_stopped(self, deadline: Optional[float],
+                      between_polls: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
         """Poll until STOPPED. Raises TimeoutExpired at the deadline, TaskMissing if it vanished."""
         delay = next_poll_delay(self.poll_interval, self.rng, first=True)
         if not self.polled:  # the first poll of all counts from the watch's start, not from the rehearsal
@@ -2210,40 +2251,33 @@ class Watch:
                 raise TimeoutExpired()
             task = self.poll()
             self.polled = True
-            if self.follower is not None:
-                self.follower.poll()
+            if between_polls is not None:
+                between_polls()
             if task is not None and task.get("lastStatus") == "STOPPED":
                 return task
             delay = next_poll_delay(self.poll_interval, self.rng)
 
     def stop(self, why: str, *, confirm: bool = True) -> StopAttempt:
-        """StopTask, then (with `confirm`) wait a while for STOPPED. Says what happened, never more."""
+        """StopTask through stop_and_confirm, the one path `ecsbatch stop` takes too. Says what
+        happened, never more."""
         tid = task_id(self.task_arn)
-        reason = stop_reason_text(why)
         before = self.last_task
         progress(f"stopping task {tid}: {why}")
-        try:
-            at_stop = stop_task(self.ecs, self.cluster, self.task_arn, reason)
-        except Exception as exc:  # whatever kept it from going out, the verdict must say so
-            error = exc.format_message() if isinstance(exc, AwsError) else f"{type(exc).__name__}: {one_line(exc)}"
-            progress(f"StopTask failed: {error}")
-            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
-        self.stop_sent = True
-        if at_stop is None:  # ECS always answers with the task: this came from something else
-            error = f"StopTask got {NO_WORD_ON_TASK}"
-            progress(f"StopTask failed: {error}")
-            return StopAttempt(reason, False, error, before, None, self._look_once() if confirm else self.last_task)
-        if not confirm:
-            return StopAttempt(reason, True, None, before, at_stop, self.last_task)
-        deadline = self.clock() + STOP_CONFIRM_SECONDS
-        self.poll_interval = min(self.poll_interval, STOP_CONFIRM_POLL)
-        try:
-            task: Optional[Dict[str, Any]] = self.until_stopped(deadline)
-        except Exception:  # TimeoutExpired, TaskMissing, or worse: ECS accepted the stop all the same
-            progress(f"task {tid} is still {self.last_status} after {format_duration(STOP_CONFIRM_SECONDS)}; "
-                     "ECS is stopping it")
-            task = self.last_task
-        return StopAttempt(reason, True, None, before, at_stop, task)
+        window = STOP_CONFIRM_SECONDS if confirm else 0.0
+        result = stop_and_confirm(self.ecs, self.cluster, [self.task_arn], stop_reason_text(why),
+                                  deadline=self.clock() + window, poll_interval=min(self.poll_interval, STOP_CONFIRM_POLL),
+                                  clock=self.clock, sleep=self.sleep, tolerate_errors=True,
+                                  on_accepted=lambda _: setattr(self, "stop_sent", True))
+        stopped = result.stops[tid]
+        if stopped.last_seen is not None:
+            self._seen(dict(stopped.last_seen))
+        if not stopped.accepted:
+            progress(f"StopTask failed: {stopped.error}")
+            task = self._look_once() if confirm else self.last_task
+            return StopAttempt(stopped.reason, False, stopped.error, before, None, task)
+        if confirm and (self.last_task or {}).get("lastStatus") != "STOPPED":
+            progress(f"task {tid} is still {self.last_status} after {format_duration(window)}; ECS is stopping it")
+        return StopAttempt(stopped.reason, True, None, before, stopped.at_stop, self.last_task)
 
     def _look_once(self) -> Optional[Dict[str, Any]]:
         """After a failed StopTask: how the task is now, if ECS says (it may have stopped anyway)."""
@@ -2256,78 +2290,154 @@ class Watch:
         return self.last_task
 
 
-def supervise(watch: Watch, guard: SignalGuard, *, counted_names: List[str], timeout: Optional[float],
-              timeout_text: str, interrupted_by: Optional[int] = None) -> Outcome:
+def supervise(watch: TaskWatch, guard: SignalGuard, *, counted_names: List[str], deadline: Optional[float],
+              timeout_text: str, follower: Optional[LogFollower] = None,
+              interrupted_by: Optional[int] = None) -> Outcome:
     """Wait for the task and judge it. Whatever ends the wait, ecsbatch stops the task, or the
-    verdict says plainly that it could not. Only the wait itself can be interrupted: before it,
-    a signal is held (and then ends the wait at once), after it a first signal waits its turn."""
-    deadline = None if timeout is None else watch.started + timeout
+    outcome says plainly that it could not. Only the wait itself can be interrupted: before it,
+    a signal is held (and then ends the wait at once), after it a first signal waits its turn.
+    `follower` reads the container's log beside the wait, and drains it at the end."""
     arn, tid = watch.task_arn, task_id(watch.task_arn)
     guard.on_second_signal = lambda: (
         f"exiting now; StopTask was sent for task {tid}" if watch.stop_sent else
         f"exiting now; task {tid} may still be running: stop it with: {stop_command(watch.cluster, arn)}")
-    ending: Optional[Verdict] = None
-    kind = OUTCOME_ERROR
+    ending: Optional[Outcome] = None
     with guard.hold():
-        watch.rehearse()  # a release replaced under a running job must never break its stop
+        watch.rehearse(follower.logs if follower is not None else None)  # a release replaced under a job
         try:
             if interrupted_by is not None:
                 raise Interrupted(interrupted_by)
             with guard.interruptible():
-                task = watch.until_stopped(deadline)
-        except Interrupted as interrupt:
-            name = signal.Signals(interrupt.signum).name
-            when = " during launch" if interrupted_by is not None else ""
-            ending, kind = Verdict(EXIT_FOR_SIGNAL[interrupt.signum], f"{name} received by the job runner{when}"), \
-                OUTCOME_INTERRUPTED
-        except TimeoutExpired:
-            ending, kind = Verdict(EXIT_TIMEOUT, f"--timeout {timeout_text} expired"), OUTCOME_TIMEOUT
+                task = watch.until_stopped(deadline, follower.poll if follower is not None else None)
         except TaskMissing as missing:
             attempt = watch.stop(str(missing), confirm=False)
-            verdict = judge_missing(str(missing), attempt, cluster=watch.cluster, task_arn=arn)
-            return Outcome(verdict.exit_code, OUTCOME_MISSING, verdict.message, watch.last_task)  # no stream to drain
-        except Exception as exc:  # a bug of ours must not orphan the task
-            import logging
+            return judge_missing(str(missing), attempt, cluster=watch.cluster, task_arn=arn,
+                                 last_seen=watch.last_task)  # no stream to drain
+        except (Interrupted, Exception) as exc:  # a bug of ours must not orphan the task either
+            if not isinstance(exc, (Interrupted, TimeoutExpired)):
+                import logging
 
-            logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
-            ending = Verdict(EXIT_ECS_FAILURE, f"internal error while waiting ({type(exc).__name__}: "
-                             f"{one_line(exc)}; rerun with --debug for the traceback)")
+                logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
+            ending = ending_for(exc, timeout_text=timeout_text, during_launch=interrupted_by is not None)
         if ending is None:
-            verdict = judge_stopped_task(task, counted_names)
-            outcome = Outcome(verdict.exit_code, verdict_kind(verdict, task), verdict.message, task)
+            outcome = judge_stopped_task(task, counted_names)
         else:
-            attempt = watch.stop(ending.message)
-            verdict, how = judge_after_stop(ending, attempt, counted_names, cluster=watch.cluster, task_arn=arn)
-            if how == "judged":
-                kind = verdict_kind(verdict, attempt.task or {})
-            elif how == "not-stopped":
-                kind = OUTCOME_NOT_STOPPED
-            outcome = Outcome(verdict.exit_code, kind, verdict.message, dict(attempt.task) if attempt.task else None)
-        if watch.follower is not None:
+            outcome = judge_after_stop(ending, watch.stop(ending.message), counted_names, cluster=watch.cluster,
+                                       task_arn=arn)
+        if follower is not None:
             try:
-                watch.follower.drain()  # the last lines, usually the error, come after the stop
+                follower.drain()  # the last lines, usually the error, come after the stop
             except Exception as exc:  # the log is a courtesy: it never changes the verdict
                 progress(f"reading the last log lines failed: {type(exc).__name__}: {one_line(exc)}")
         return outcome
 
 
-def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[[], Optional[LogFollower]]], *,
-             interrupted_by: Optional[int], **wait_args: Any) -> Outcome:
+class StopResult(NamedTuple):
+    """One task's StopTask, as stop_and_confirm saw it."""
+
+    reason: str
+    accepted: bool
+    error: Optional[str]
+    at_stop: Optional[Mapping[str, Any]]  # the task in StopTask's answer
+    last_seen: Optional[Mapping[str, Any]]  # the task as last described after the stop
+
+
+class StopReport(NamedTuple):
+    stops: Dict[str, StopResult]  # by task id
+    pending: List[str]  # ARNs accepted but not yet STOPPED at the deadline
+    describe_error: Optional[str]  # the last DescribeTasks failure, if the last look failed
+
+
+def send_stop(ecs: Any, cluster: Optional[str], task_arn: str, reason: str) -> StopResult:
+    """StopTask once. Never raises: whatever kept it from going out is in `error`."""
+    try:
+        at_stop = stop_task(ecs, cluster, task_arn, reason)
+    except Exception as exc:  # whatever kept it from going out, the verdict must say so
+        error = exc.format_message() if isinstance(exc, AwsError) else f"{type(exc).__name__}: {one_line(exc)}"
+        return StopResult(reason, False, error, None, None)
+    if at_stop is None:  # ECS always answers with the task: this came from something else
+        return StopResult(reason, False, f"StopTask got {NO_WORD_ON_TASK}", None, None)
+    return StopResult(reason, True, None, at_stop, None)
+
+
+def stop_and_confirm(ecs: Any, cluster: Optional[str], arns: List[str], reason: str, *, deadline: float,
+                     poll_interval: float, more: Optional[Callable[[], Tuple[List[str], bool]]] = None,
+                     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                     tolerate_errors: bool = False, announce: bool = False,
+                     on_accepted: Optional[Callable[[str], None]] = None) -> StopReport:
+    """The one way ecsbatch stops tasks, for the runner and for `ecsbatch stop`: StopTask each, then
+    DescribeTasks until every accepted one is STOPPED or the deadline passes.
+
+    `more()`, asked after each look, gives further ARNs to stop (a launch that was in flight) and
+    whether to keep looking even with nothing pending (a runner still exiting). A DescribeTasks
+    failure ends the confirmation with AwsError, unless `tolerate_errors` (a runner must judge).
+    With `announce`, each StopTask sent and each task STOPPED gets its own line; `on_accepted(arn)`
+    hears of each StopTask that ECS accepted the moment it did."""
+    stops: Dict[str, StopResult] = {}
+    pending: Dict[str, str] = {}
+    describe_error: Optional[str] = None
+
+    def stop_new(candidates: List[str]) -> None:
+        for arn in candidates:
+            if task_id(arn) in stops:
+                continue
+            result = send_stop(ecs, cluster, arn, reason)
+            stops[task_id(arn)] = result
+            if result.accepted:
+                pending[task_id(arn)] = arn
+                if on_accepted is not None:
+                    on_accepted(arn)
+                if announce:
+                    progress(f"StopTask sent for {task_id(arn)}")
+            elif not tolerate_errors:
+                raise AwsError(result.error or "StopTask failed")
+
+    stop_new(arns)
+    while True:
+        keep_looking = False
+        if pending and clock() < deadline:
+            try:
+                found = tasks_ecs_knows(ecs, cluster, sorted(pending.values()))
+                describe_error = None
+            except AwsError as exc:
+                if not tolerate_errors:
+                    raise
+                describe_error = exc.format_message()
+                found = []
+            for task in found:
+                tid = task_id(task.get("taskArn", ""))
+                if tid in pending:
+                    stops[tid] = stops[tid]._replace(last_seen=task)
+                    if task.get("lastStatus") == "STOPPED":
+                        if announce:
+                            progress(f"task {tid} STOPPED")
+                        del pending[tid]
+        if more is not None:
+            appeared, keep_looking = more()
+            stop_new(appeared)
+        if (not pending and not keep_looking) or clock() >= deadline:
+            return StopReport(stops, sorted(pending.values()), describe_error)
+        sleep(min(poll_interval, max(0.0, deadline - clock())))
+
+
+def hand_off(watch: TaskWatch, guard: SignalGuard, make_follower: Optional[Callable[[], Optional[LogFollower]]], *,
+             interrupted_by: Optional[int], **wait_args: Any) -> Tuple[Outcome, Optional[LogFollower]]:
     """From a known task to supervise(). The log client is built with signals held, and a signal
     that lands anywhere before supervise() takes over is handed to it, so the task is stopped."""
     pending = interrupted_by
+    follower: Optional[LogFollower] = None
     for _ in range(3):
         try:
             if make_follower is not None:
                 build, make_follower = make_follower, None
                 with guard.deferred():
                     try:
-                        watch.follower = build()
+                        follower = build()
                     except EcsbatchError as exc:  # no logs client: the job goes on without its lines
                         progress(f"container logs are not streamed: {exc.format_message()}")
-            outcome = supervise(watch, guard, interrupted_by=pending, **wait_args)
+            outcome = supervise(watch, guard, follower=follower, interrupted_by=pending, **wait_args)
             KnownTask.forget()
-            return outcome
+            return outcome, follower
         except Interrupted as interrupt:
             pending = interrupt.signum if pending is None else pending
     raise Interrupted(pending if pending is not None else signal.SIGTERM)  # main() stops the known task
@@ -2335,94 +2445,67 @@ def hand_off(watch: Watch, guard: SignalGuard, make_follower: Optional[Callable[
 
 def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str, *, runners: List[Tuple[int, str]],
                   key: Optional[str], deadline: float, timeout_text: str, poll_interval: float) -> None:
-    """StopTask each task, then wait until all are STOPPED and the signalled runners are gone.
+    """`ecsbatch stop`: stop_and_confirm the tasks, and wait until the signalled runners are gone.
     While a runner of the key lives, and once more after, tasks of the key that appear (a launch
     that was in flight, here or on another machine) are stopped too."""
-    sent: set = set()
-
-    def stop_new(candidates: List[str]) -> None:
-        for arn in candidates:
-            if task_id(arn) not in sent:
-                stop_task(ecs, cluster, arn, reason)
-                sent.add(task_id(arn))
-                progress(f"StopTask sent for {task_id(arn)}")
-
-    stop_new(arns)
-    pending = {task_id(arn): arn for arn in arns}
     alive = list(runners)
-    last_look = False
-    while True:
-        for found in tasks_ecs_knows(ecs, cluster, sorted(pending.values())):
-            if found.get("lastStatus") == "STOPPED" and task_id(found["taskArn"]) in pending:
-                progress(f"task {task_id(found['taskArn'])} STOPPED")
-                del pending[task_id(found["taskArn"])]
+    last_look = key is None
+
+    def more() -> Tuple[List[str], bool]:
+        nonlocal alive, last_look
         was_alive = bool(alive)
         alive = [(pid, start) for pid, start in alive if process_start_time(pid) == start]
         if was_alive and not alive:
             progress("the runner has exited")
+        appeared: List[str] = []
         if key is not None and (alive or not last_look):
             last_look = not alive
-            appeared = [arn for arn in list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
-                        if task_id(arn) not in sent]
-            stop_new(appeared)
-            pending.update({task_id(arn): arn for arn in appeared})
-        if not pending and not alive and (last_look or key is None):
-            return
-        if time.monotonic() >= deadline:
-            left = [task_id(a) for a in sorted(pending.values())] + [f"runner pid {pid}" for pid, _ in alive]
-            raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(left)}; ECS is still stopping them")
-        time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+            appeared = list_task_arns(ecs, cluster, desired_status="RUNNING", started_by=key)
+        return appeared, bool(alive) or not last_look
+
+    report = stop_and_confirm(ecs, cluster, arns, reason, deadline=deadline, poll_interval=poll_interval, more=more,
+                              announce=True)
+    left = [task_id(a) for a in report.pending] + [f"runner pid {pid}" for pid, _ in alive]
+    if left:
+        raise StillRunning(f"not STOPPED after {timeout_text}: {', '.join(left)}; ECS is still stopping them")
 
 
-def attach_to(ecs: Any, guard: SignalGuard, decision: RerunDecision, cluster: Optional[str],
-              timeout: Optional[float], wait_args: Dict[str, Any]) -> None:
+def attach_to(target: Target, guard: SignalGuard, message: str, timeout: Optional[float],
+              wait_args: Dict[str, Any]) -> None:
     """A rerun of a job whose task is still live: wait on that task as `wait` would. --timeout
     counts from the task's creation, so a rerun never gives a stuck job more time."""
-    task = decision.task or {}
-    task_arn = task["taskArn"]
+    task_arn = target.task["taskArn"]
     OUTPUT.task_arn = task_arn
-    progress(f"{decision.message}; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}", kept=True)
+    progress(f"{message}; to reattach: ecsbatch wait {cli_cluster_arg(target.cluster)}{task_arn}", kept=True)
     remaining = timeout
-    created = task.get("createdAt")
+    created = target.task.get("createdAt")
     if timeout is not None and isinstance(created, datetime.datetime):
         age = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
         remaining = max(0.0, timeout - max(0.0, age))
-    KnownTask.remember(ecs, cluster, task_arn)
-    wait_to_the_end(ecs, guard, cluster=cluster, task_arn=task_arn, timeout=remaining, interrupted_by=None,
-                    missing_grace=0.0, **wait_args)
+    KnownTask.remember(target.ecs, target.cluster, task_arn)
+    wait_to_the_end(target, guard, timeout=remaining, interrupted_by=None, missing_grace=0.0, **wait_args)
 
 
-def wait_to_the_end(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
-                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
-                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
-                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
-                    missing_grace: float) -> None:
+def wait_to_the_end(target: Target, guard: SignalGuard, *, timeout: Optional[float], timeout_text: Optional[str],
+                    poll_interval: float, logs: bool, as_json: bool, region: Optional[str], profile: Optional[str],
+                    interrupted_by: Optional[int], missing_grace: float) -> None:
     """The waiting half of `run`, shared with `wait`: follow, judge, report, exit.
 
     Only supervise's wait can be interrupted: a signal before it (say, while the logs client is
     built) is held and then ends the wait at once; one after it waits for the exit."""
     with guard.hold():
-        wait_and_report(ecs, guard, cluster=cluster, task_arn=task_arn, definition=definition, counted=counted,
-                        timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=logs,
-                        as_json=as_json, region=region, profile=profile, interrupted_by=interrupted_by,
-                        missing_grace=missing_grace)
-
-
-def wait_and_report(ecs: Any, guard: SignalGuard, *, cluster: Optional[str], task_arn: str,
-                    definition: Mapping[str, Any], counted: List[str], timeout: Optional[float],
-                    timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
-                    region: Optional[str], profile: Optional[str], interrupted_by: Optional[int],
-                    missing_grace: float) -> None:
-    started = time.monotonic()
-    watch = Watch(ecs, cluster, task_arn, poll_interval=poll_interval, follower=None, missing_grace=missing_grace)
-    outcome = hand_off(watch, guard, (lambda: open_log_follower(definition, counted[0], task_arn, region=region,
-                                                           profile=profile, to_stderr=as_json)) if logs else None,
-                       interrupted_by=interrupted_by, counted_names=counted, timeout=timeout,
-                       timeout_text=timeout_text or "")
-    where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
-    report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=watch.follower, where=where,
-                   as_json=as_json, elapsed=time.monotonic() - started)
-    click.get_current_context().exit(outcome.exit_code)
+        task_arn, counted, definition = target.task["taskArn"], target.counted, target.definition
+        started = time.monotonic()
+        watch = Watch(target.ecs, target.cluster, task_arn, poll_interval=poll_interval, missing_grace=missing_grace)
+        make_follower = (lambda: open_log_follower(definition, counted[0], task_arn, region=region, profile=profile,
+                                                   to_stderr=as_json)) if logs else None
+        outcome, follower = hand_off(watch, guard, make_follower, interrupted_by=interrupted_by,
+                                     counted_names=counted, deadline=None if timeout is None else watch.started + timeout,
+                                     timeout_text=timeout_text or "")
+        where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
+        report_outcome(outcome, task_arn=task_arn, cluster=target.cluster, counted=counted, follower=follower,
+                       where=where, as_json=as_json, elapsed=time.monotonic() - started)
+        click.get_current_context().exit(outcome.exit_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3113,8 +3196,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     fail_on_problems(path, run_request_problems(final))
     digest = request_hash(final)
     cluster_name = final.get("cluster")
-    wait_args = dict(definition=definition, counted=counted, timeout_text=timeout_text, poll_interval=poll_interval,
-                     logs=not no_logs, as_json=as_json, region=region, profile=profile)
+    wait_args = dict(timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs, as_json=as_json,
+                     region=region, profile=profile)
 
     # A key of this job's own, from the command line: never the shared default, never the file's.
     own_key = started_by if started_by != DEFAULT_STARTED_BY else None
@@ -3129,7 +3212,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
                                                else "key-in-use", message=decision.message, elapsed=0.0))
             raise (AlreadyRunning if code == EXIT_ALREADY_RUNNING else InputError)(decision.message)
         if decision.action == "attach":
-            attach_to(ecs, guard, decision, cluster_name, timeout, wait_args)
+            attach_to(Target(ecs, cluster_name, dict(decision.task or {}), definition, counted), guard,
+                      decision.message, timeout, wait_args)
             return
 
     # One token per process: botocore's retries and any re-send reuse it, so ECS starts one task.
@@ -3142,7 +3226,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     guard.on_second_signal = ("exiting now; a task may have been launched: "
                               f"{stop_advice(cluster_name, own_key, token)}")
     pending_signal: Optional[int] = None
-    task_arn: Optional[str] = None
+    target: Optional[Target] = None
     try:
         with guard.deferred():
             try:
@@ -3160,18 +3244,19 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
                                                    exit_code=EXIT_ECS_FAILURE, outcome=OUTCOME_LAUNCH_FAILED,
                                                    message=message, elapsed=0.0, failures=answer.get("failures")))
                 raise AwsError(message)
+            target = Target(ecs, cluster_name, tasks[0], definition, counted)
             task_arn = tasks[0]["taskArn"]
             KnownTask.remember(ecs, cluster_name, task_arn)
             guard.on_second_signal = (f"exiting now; task {task_arn} may still be running: "
                                       f"ecsbatch stop {cli_cluster_arg(cluster_name)}{task_arn}")
             OUTPUT.task_line("launched", task_arn, task_definition_label(definition), counted, cluster_name)
     except Interrupted as interrupt:
-        if task_arn is None:
+        if target is None:
             raise
         pending_signal = interrupt.signum
-    assert task_arn is not None
-    wait_to_the_end(ecs, guard, cluster=cluster_name, task_arn=task_arn, timeout=timeout,
-                    interrupted_by=pending_signal, missing_grace=MISSING_GRACE_SECONDS, **wait_args)
+    assert target is not None
+    wait_to_the_end(target, guard, timeout=timeout, interrupted_by=pending_signal, missing_grace=MISSING_GRACE_SECONDS,
+                    **wait_args)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -3196,12 +3281,12 @@ def wait(task: str, cluster: Optional[str], container: Optional[str], timeout_te
     guard = SignalGuard()
     guard.install()
     timeout = parse_duration(timeout_text) if timeout_text else None
-    ecs, cluster, found, definition, counted = find_target(task, cluster, container, region, profile)
-    OUTPUT.task_line("attached to", found["taskArn"], task_definition_label(definition), counted, cluster,
-                     found.get("lastStatus"))
-    wait_to_the_end(ecs, guard, cluster=cluster, task_arn=found["taskArn"], definition=definition, counted=counted,
-                    timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs,
-                    as_json=as_json, region=region, profile=profile, interrupted_by=None, missing_grace=0.0)
+    target = find_target(task, cluster, container, region, profile)
+    OUTPUT.task_line("attached to", target.task["taskArn"], task_definition_label(target.definition), target.counted,
+                     target.cluster, target.task.get("lastStatus"))
+    wait_to_the_end(target, guard, timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval,
+                    logs=not no_logs, as_json=as_json, region=region, profile=profile, interrupted_by=None,
+                    missing_grace=0.0)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -3344,9 +3429,9 @@ def logs(task: str, cluster: Optional[str], container: Optional[str], follow: bo
     follower = LogFollower(make_client("logs", source.region or region, profile), source, to_stderr=False)
     follower.poll()
     if follow:
-        watch = Watch(ecs, cluster, found["taskArn"], poll_interval=poll_interval, follower=follower, missing_grace=0.0)
+        watch = Watch(ecs, cluster, found["taskArn"], poll_interval=poll_interval, missing_grace=0.0)
         with contextlib.suppress(TaskMissing):
-            watch.until_stopped(None)
+            watch.until_stopped(None, follower.poll)
         follower.drain()
 
 

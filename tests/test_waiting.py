@@ -20,7 +20,7 @@ import pytest
 
 import ecsbatch
 from conftest import APP, REPO, SIDECAR, Plan, Running, run_cli
-from ecsbatch import (EXIT_ECS_FAILURE, EXIT_SIGTERM, EXIT_TIMEOUT, StopAttempt, TaskMissing, Verdict, Watch,
+from ecsbatch import (EXIT_ECS_FAILURE, EXIT_SIGTERM, EXIT_TIMEOUT, Outcome, StopAttempt, TaskMissing, Watch,
                       judge_after_stop, judge_missing, judge_stopped_task, missing_is_final, operator_stop_reason,
                       stop_reason_text)
 from localecs.proxy import Fault
@@ -75,8 +75,19 @@ def test_judge_stopped_task_knows_an_operators_stop(answer, expected, fragments)
 
 # --- judge_after_stop: the wait ended by a timeout or a signal ----------------------------------
 
-TIMEOUT = Verdict(EXIT_TIMEOUT, "--timeout 2s expired")
-SIGTERM = Verdict(EXIT_SIGTERM, "SIGTERM received by the job runner")
+TIMEOUT = Outcome(EXIT_TIMEOUT, ecsbatch.OUTCOME_TIMEOUT, "--timeout 2s expired")
+SIGTERM = Outcome(EXIT_SIGTERM, ecsbatch.OUTCOME_INTERRUPTED, "SIGTERM received by the job runner")
+# How the task ended, as the outcome's kind shows it.
+JUDGED_KINDS = (ecsbatch.OUTCOME_SUCCEEDED, ecsbatch.OUTCOME_FAILED, ecsbatch.OUTCOME_INTERRUPTED)
+
+
+def ended_as(how, ending, kind):
+    """Does `kind` say the task ended `how` ("stopped" and "stopping" keep the ending's own kind)?"""
+    if how == "judged":
+        return kind in JUDGED_KINDS
+    if how == "not-stopped":
+        return kind == ecsbatch.OUTCOME_NOT_STOPPED
+    return kind == ending.kind
 OURS = stop_reason_text(TIMEOUT.message)
 DENIED = "StopTask: AccessDeniedException: not authorized to perform: ecs:StopTask"
 
@@ -145,8 +156,8 @@ AFTER_STOP_CASES = {
 @pytest.mark.parametrize("ending, attempt, expected, how, present, absent", AFTER_STOP_CASES.values(),
                          ids=AFTER_STOP_CASES.keys())
 def test_judge_after_stop(ending, attempt, expected, how, present, absent):
-    verdict, ended = judge_after_stop(ending, attempt, ["app"], cluster="batch", task_arn=ARN)
-    assert (verdict.exit_code, ended) == (expected, how), verdict
+    verdict = judge_after_stop(ending, attempt, ["app"], cluster="batch", task_arn=ARN)
+    assert verdict.exit_code == expected and ended_as(how, ending, verdict.kind), verdict
     assert "\n" not in verdict.message
     for fragment in present:
         assert fragment in verdict.message
@@ -155,7 +166,7 @@ def test_judge_after_stop(ending, attempt, expected, how, present, absent):
 
 
 def test_judge_after_stop_names_only_this_task_without_a_cluster():
-    verdict, _ = judge_after_stop(TIMEOUT, refused(RUNNING_TASK), ["app"], cluster=None, task_arn=ARN)
+    verdict = judge_after_stop(TIMEOUT, refused(RUNNING_TASK), ["app"], cluster=None, task_arn=ARN)
     assert verdict.message.endswith(f"stop it with: ecsbatch stop {ARN}")
 
 
@@ -166,7 +177,7 @@ def test_judge_after_stop_names_only_this_task_without_a_cluster():
 ])
 def test_judge_missing(attempt, fragments):
     verdict = judge_missing("task 0123 is unknown to ECS (MISSING)", attempt, cluster="batch", task_arn=ARN)
-    assert verdict.exit_code == EXIT_ECS_FAILURE
+    assert (verdict.exit_code, verdict.kind) == (EXIT_ECS_FAILURE, ecsbatch.OUTCOME_MISSING)
     for fragment in fragments:
         assert fragment in verdict.message
 
@@ -444,3 +455,76 @@ def test_a_release_pruned_under_a_running_job_never_breaks_its_stop(job, proxy, 
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     if not fault:
         assert task.last_status == "STOPPED" and "SIGTERM" in task.stopped_reason
+
+
+# --- the rules of a wait, as pure functions -----------------------------------------------------
+
+STATUS_LINE_CASES = {
+    "the first look says the state": ("RUNNING", None, 0.0, 0.0, "task 0123 RUNNING"),
+    "each change of state is said": ("STOPPED", "RUNNING", 1.0, 90.0, "task 0123 STOPPED"),
+    "the same state again is quiet": ("RUNNING", "RUNNING", 299.0, 4000.0, None),
+    "a heartbeat after five quiet minutes": ("RUNNING", "RUNNING", 300.0, 3725.0, "task 0123 still RUNNING after 1h02m"),
+}
+
+
+@pytest.mark.parametrize("status, last, since_line, waited, expected", STATUS_LINE_CASES.values(),
+                         ids=STATUS_LINE_CASES.keys())
+def test_status_line(status, last, since_line, waited, expected):
+    assert ecsbatch.status_line("0123", status, last, since_line=since_line, waited=waited) == expected
+
+
+ENDING_CASES = {
+    "SIGTERM": (ecsbatch.Interrupted(15), False, 143, "interrupted", "SIGTERM received by the job runner"),
+    "SIGHUP during launch": (ecsbatch.Interrupted(1), True, 129, "interrupted", "SIGHUP received by the job runner "
+                                                                               "during launch"),
+    "SIGQUIT": (ecsbatch.Interrupted(3), False, 131, "interrupted", "SIGQUIT"),
+    "SIGINT": (ecsbatch.Interrupted(2), False, 130, "interrupted", "SIGINT"),
+    "--timeout": (ecsbatch.TimeoutExpired(), False, 124, "timeout", "--timeout 2h expired"),
+    "a bug of ours": (KeyError("containers"), False, 125, "error", "internal error while waiting (KeyError"),
+}
+
+
+@pytest.mark.parametrize("exc, during_launch, code, kind, fragment", ENDING_CASES.values(), ids=ENDING_CASES.keys())
+def test_ending_for(exc, during_launch, code, kind, fragment):
+    ending = ecsbatch.ending_for(exc, timeout_text="2h", during_launch=during_launch)
+    assert (ending.exit_code, ending.kind) == (code, kind) and fragment in ending.message, ending
+
+
+class StoppingEcs:
+    """StopTask and DescribeTasks for stop_and_confirm: the task reaches STOPPED after `looks` looks."""
+
+    def __init__(self, looks=2, refuse=False):
+        self.looks, self.refuse, self.calls = looks, refuse, []
+
+    def stop_task(self, **kwargs):
+        self.calls.append("StopTask")
+        if self.refuse:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "StopTask")
+        return {"task": dict(RUNNING_TASK, desiredStatus="STOPPED")}
+
+    def describe_tasks(self, **kwargs):
+        self.calls.append("DescribeTasks")
+        self.looks -= 1
+        return {"tasks": [task("UserInitiated", "ecsbatch: x", 143) if self.looks <= 0 else RUNNING_TASK],
+                "failures": []}
+
+
+def test_stop_and_confirm_is_the_runners_stop_and_the_operators():
+    """One path: the runner's Watch.stop and `ecsbatch stop` both go through stop_and_confirm."""
+    clock = FakeClock()
+    ecs = StoppingEcs(looks=3)
+    watch = Watch(ecs, "batch", ARN, poll_interval=6.0, clock=clock, sleep=clock.sleep)
+    attempt = watch.stop("--timeout 2s expired")
+    assert attempt.accepted and attempt.task["lastStatus"] == "STOPPED" and watch.stop_sent
+    assert ecs.calls == ["StopTask", "DescribeTasks", "DescribeTasks", "DescribeTasks"]
+    assert clock.now - 500.0 == 2 * ecsbatch.STOP_CONFIRM_POLL  # polls at the confirmation pace, not every 6 s
+
+    refused_ecs = StoppingEcs(refuse=True)
+    report = ecsbatch.stop_and_confirm(refused_ecs, "batch", [ARN], "r", deadline=clock.now + 40, poll_interval=2,
+                                       clock=clock, sleep=clock.sleep, tolerate_errors=True)
+    assert not report.stops[ecsbatch.task_id(ARN)].accepted and "AccessDenied" in report.stops[ecsbatch.task_id(ARN)].error
+    with pytest.raises(ecsbatch.AwsError):
+        ecsbatch.stop_and_confirm(StoppingEcs(refuse=True), "batch", [ARN], "r", deadline=clock.now + 40,
+                                  poll_interval=2, clock=clock, sleep=clock.sleep)
