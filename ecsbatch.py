@@ -2264,11 +2264,20 @@ class Watch:
         before = self.last_task
         progress(f"stopping task {tid}: {why}")
         window = STOP_CONFIRM_SECONDS if confirm else 0.0
-        result = stop_and_confirm(self.ecs, self.cluster, [self.task_arn], stop_reason_text(why),
-                                  deadline=self.clock() + window, poll_interval=min(self.poll_interval, STOP_CONFIRM_POLL),
-                                  clock=self.clock, sleep=self.sleep, tolerate_errors=True,
-                                  on_accepted=lambda _: setattr(self, "stop_sent", True))
-        stopped = result.stops[tid]
+        reason = stop_reason_text(why)
+        try:
+            result = stop_and_confirm(self.ecs, self.cluster, [self.task_arn], reason,
+                                      deadline=self.clock() + window,
+                                      poll_interval=min(self.poll_interval, STOP_CONFIRM_POLL), clock=self.clock,
+                                      sleep=self.sleep, tolerate_errors=True,
+                                      on_accepted=lambda _: setattr(self, "stop_sent", True))
+            stopped = result.stops[tid]
+        except Exception as exc:  # a bug of ours: the verdict still says what is known of the stop
+            import logging
+
+            logging.getLogger("ecsbatch").debug("internal error while stopping", exc_info=True)
+            error = None if self.stop_sent else f"{type(exc).__name__}: {one_line(exc)}"
+            stopped = StopResult(reason, self.stop_sent, error, None, None)
         if stopped.last_seen is not None:
             self._seen(dict(stopped.last_seen))
         if not stopped.accepted:
@@ -2393,17 +2402,20 @@ def stop_and_confirm(ecs: Any, cluster: Optional[str], arns: List[str], reason: 
                 raise AwsError(result.error or "StopTask failed")
 
     stop_new(arns)
+    confirming = deadline > clock()  # no time given: send the stops and look no further
     while True:
         keep_looking = False
-        if pending and clock() < deadline:
+        if pending and confirming:  # one look even at the deadline: the last interval counts too
             try:
                 found = tasks_ecs_knows(ecs, cluster, sorted(pending.values()))
                 describe_error = None
-            except AwsError as exc:
+            except Exception as exc:  # a runner must still judge what it stopped
                 if not tolerate_errors:
                     raise
-                describe_error = exc.format_message()
-                found = []
+                said = exc.format_message() if isinstance(exc, AwsError) else f"{type(exc).__name__}: {one_line(exc)}"
+                if describe_error is None:
+                    progress(f"DescribeTasks failed, looking again: {said}")
+                describe_error, found = said, []
             for task in found:
                 tid = task_id(task.get("taskArn", ""))
                 if tid in pending:

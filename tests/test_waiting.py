@@ -528,3 +528,29 @@ def test_stop_and_confirm_is_the_runners_stop_and_the_operators():
     with pytest.raises(ecsbatch.AwsError):
         ecsbatch.stop_and_confirm(StoppingEcs(refuse=True), "batch", [ARN], "r", deadline=clock.now + 40,
                                   poll_interval=2, clock=clock, sleep=clock.sleep)
+
+
+def test_stop_and_confirm_looks_once_more_at_the_deadline():
+    """A task that reaches STOPPED in the last interval is confirmed, not reported as still running."""
+    clock = FakeClock()
+    ecs = StoppingEcs(looks=3)
+    report = ecsbatch.stop_and_confirm(ecs, "batch", [ARN], "r", deadline=clock.now + 3.0, poll_interval=2.0,
+                                       clock=clock, sleep=clock.sleep)
+    assert report.pending == [] and ecs.calls == ["StopTask"] + ["DescribeTasks"] * 3
+
+
+class BrokenDescribe(StoppingEcs):
+    def describe_tasks(self, **kwargs):
+        self.calls.append("DescribeTasks")
+        raise KeyError("tasks")
+
+
+def test_the_runners_stop_never_raises_even_when_describe_breaks(capsys):
+    """Whatever breaks while confirming, a job ended by --timeout keeps its 124 and its sentence."""
+    clock = FakeClock()
+    watch = Watch(BrokenDescribe(), "batch", ARN, poll_interval=6.0, clock=clock, sleep=clock.sleep)
+    attempt = watch.stop("--timeout 2s expired")
+    assert attempt.accepted and watch.stop_sent
+    outcome = judge_after_stop(TIMEOUT, attempt, ["app"], cluster="batch", task_arn=ARN)
+    assert (outcome.exit_code, outcome.kind) == (124, "timeout") and "ECS is stopping" in outcome.message
+    assert capsys.readouterr().err.count("DescribeTasks failed, looking again: KeyError") == 1
