@@ -152,6 +152,35 @@ EXTERNAL_STOP_CODES = frozenset(
     {"UserInitiated", "ServiceSchedulerInitiated", "SpotInterruption", "TerminationNotice"}
 )
 
+# When capacity runs out (README: "When capacity runs out"). A launch that ECS refuses for a
+# reason in TRANSIENT_LAUNCH_REASONS (a RunTask `failures` entry, or the stoppedReason of a task
+# that stopped with TaskFailedToStart) is tried again, with a fresh clientToken, after a wait of
+# full jitter: a random 0 to min(cap, LAUNCH_BACKOFF_FIRST * 2**(n-1)) seconds before attempt
+# n+1, until --launch-timeout. Every other reason is permanent and ends the job at once.
+DEFAULT_LAUNCH_TIMEOUT = "5m"
+DEFAULT_LAUNCH_BACKOFF = "30s"  # --launch-backoff: the longest wait between two launch attempts
+LAUNCH_BACKOFF_FIRST = 2.0
+# (reason, how it matches, what it means). "exact": the whole reason; "prefix": its start, as
+# ECS goes on with advice ("... Please try again later or in a different availability zone").
+TRANSIENT_LAUNCH_REASONS = (
+    ("RESOURCE:CPU", "exact", "no container instance has the CPU free"),
+    ("RESOURCE:MEMORY", "exact", "no container instance has the memory free"),
+    ("RESOURCE:PORTS_TCP", "exact", "a host port the task needs is taken"),
+    ("RESOURCE:PORTS_UDP", "exact", "a host port the task needs is taken"),
+    ("RESOURCE:ENI", "exact", "no free network interface (awsvpc) on the instances"),
+    ("RESOURCE:GPU", "exact", "no container instance has the GPUs free"),
+    ("AGENT", "exact", "the instance's ECS agent is disconnected"),
+    ("Capacity is unavailable at this time", "prefix", "Fargate (or Fargate Spot) has no capacity"),
+)
+# A task stopped by one of these, or whose host was lost, was interrupted: with
+# --rerun-on-interruption it is launched again.
+INTERRUPTION_STOP_CODES = ("SpotInterruption", "TerminationNotice")
+# ECS's stoppedReason when an EC2 host went away under the task: "Host EC2 (instance i-0abc)
+# terminated." (also "stopped"), or an instance that was terminated or deregistered.
+HOST_LOSS_PATTERN = re.compile(r"\bhost\b.*\b(terminated|stopped)\b|\binstance\b.*\b(terminated|terminating|"
+                               r"deregistered)\b", re.IGNORECASE | re.DOTALL)
+MAX_RERUNS = 10
+
 # Values that ECS fills into a registered task definition although the request left them out;
 # they must not make an unchanged definition look changed.
 CONTAINER_DEFAULTS = {"cpu": 0, "essential": True}
@@ -709,6 +738,45 @@ def task_tags(user_tags: Any, *, client_token: str, request_digest: str,
     return theirs + ours
 
 
+def parse_capacity_provider(text: str) -> Dict[str, Any]:
+    """--rerun-capacity-provider NAME[:WEIGHT[:BASE]] -> one capacityProviderStrategy item.
+    WEIGHT defaults to 1 (ECS refuses a strategy whose weights are all 0) and BASE to none."""
+    name, *numbers = text.split(":")
+    if not name.strip() or len(numbers) > 2 or not all(n.isdigit() for n in numbers):
+        raise InputError(f"bad capacity provider {shown(text)}: use NAME[:WEIGHT[:BASE]], e.g. FARGATE or "
+                         "FARGATE:1:1")
+    item: Dict[str, Any] = {"capacityProvider": name.strip(), "weight": int(numbers[0]) if numbers else 1}
+    if len(numbers) == 2:
+        item["base"] = int(numbers[1])
+    if not 0 <= item["weight"] <= 1000 or not 0 <= item.get("base", 0) <= 100000:
+        raise InputError(f"bad capacity provider {shown(text)}: WEIGHT is 0-1000 and BASE 0-100000")
+    return item
+
+
+def capacity_strategy(texts: Tuple[str, ...]) -> List[Dict[str, Any]]:
+    """Every --rerun-capacity-provider, checked as ECS checks a strategy."""
+    strategy = [parse_capacity_provider(text) for text in texts]
+    names = [item["capacityProvider"] for item in strategy]
+    if len(set(names)) != len(names):
+        raise InputError(f"--rerun-capacity-provider names a provider twice: {', '.join(names)}")
+    if sum(1 for item in strategy if item.get("base")) > 1:
+        raise InputError("--rerun-capacity-provider: only one provider may have a BASE")
+    if strategy and not any(item["weight"] for item in strategy):
+        raise InputError("--rerun-capacity-provider: at least one provider needs a WEIGHT above 0")
+    return strategy
+
+
+def rerun_request(request: Mapping[str, Any], strategy: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The RunTask request of a rerun after an interruption: the job's own, or, with
+    --rerun-capacity-provider, with that capacityProviderStrategy and without launchType (ECS
+    refuses the two together). Its request tag stays the job's, so a rerun of the job attaches."""
+    rerun = copy.deepcopy(dict(request))
+    if strategy:
+        rerun.pop("launchType", None)
+        rerun["capacityProviderStrategy"] = [dict(item) for item in strategy]
+    return rerun
+
+
 def build_run_request(
     base: Mapping[str, Any],
     *,
@@ -1152,6 +1220,131 @@ def launch_failure_message(failures: List[Mapping[str, Any]]) -> str:
         one_line(" ".join(str(f.get(k)) for k in ("arn", "reason", "detail") if f.get(k)))
         for f in failures) or "no task and no reason in the answer"
     return f"RunTask started no task: {details}"
+
+
+def transient_launch_reason(reason: Any) -> Optional[str]:
+    """The entry of TRANSIENT_LAUNCH_REASONS that a RunTask failure reason (or the stoppedReason of
+    a task that failed to start) matches, or None: the failure is permanent and never retried."""
+    text = str(reason or "").strip()
+    for known, how, _ in TRANSIENT_LAUNCH_REASONS:
+        if text == known or (how == "prefix" and text.startswith(known)):
+            return known
+    return None
+
+
+def transient_run_task_failure(failures: List[Mapping[str, Any]]) -> Optional[str]:
+    """For a RunTask answer that started no task: the transient reason, when every failure it
+    names is transient (one permanent failure, or none named, makes the whole answer permanent)."""
+    reasons = [transient_launch_reason(f.get("reason")) for f in failures]
+    if not reasons or None in reasons:
+        return None
+    return reasons[0]
+
+
+def failed_start_for_capacity(task: Mapping[str, Any]) -> Optional[str]:
+    """The transient reason of a task that stopped with TaskFailedToStart for lack of capacity."""
+    if task.get("stopCode") != "TaskFailedToStart":
+        return None
+    return transient_launch_reason(task.get("stoppedReason"))
+
+
+def interruption_of(task: Mapping[str, Any], counted_names: List[str]) -> Optional[str]:
+    """What took the task from its job before the job finished, when it was ECS's capacity and not
+    the job: stopCode SpotInterruption or TerminationNotice, or a lost host (a counted container
+    has no exit code, and the stoppedReason says the host or instance went away). Else None."""
+    code = task.get("stopCode")
+    if code in INTERRUPTION_STOP_CODES:
+        return str(code)
+    if code in ("TaskFailedToStart", "UserInitiated") or not counted_names:
+        return None
+    if exited_containers(task, counted_names):  # every counted code is there: they judge the job
+        return None
+    return "host lost" if HOST_LOSS_PATTERN.search(str(task.get("stoppedReason") or "")) else None
+
+
+def launch_backoff(attempt: int, rng: random.Random, *, cap: float, first: float = LAUNCH_BACKOFF_FIRST) -> float:
+    """The wait after launch attempt `attempt` (1 for the first): full jitter, a random 0 to
+    min(cap, first * 2**(attempt-1)) seconds, so that jobs refused together do not come back together."""
+    return rng.uniform(0.0, min(cap, first * 2.0 ** min(max(attempt - 1, 0), 32)))
+
+
+class LaunchWait(NamedTuple):
+    wait: Optional[float]  # seconds before the next attempt; None: no next attempt
+    why_not: str  # when wait is None: GAVE_UP_LAUNCH_TIMEOUT or GAVE_UP_TIMEOUT
+
+
+GAVE_UP_LAUNCH_TIMEOUT = "launch-timeout"
+GAVE_UP_TIMEOUT = "timeout"
+
+
+def next_launch_wait(attempt: int, rng: random.Random, *, now: float, launch_deadline: float,
+                     job_deadline: Optional[float], cap: float) -> LaunchWait:
+    """Whether and when to try the launch again after attempt `attempt` failed for a transient reason.
+
+    No attempt starts after the launch deadline (--launch-timeout from the launch's first
+    attempt): the last wait is cut to end there. No attempt starts either when --timeout would
+    have expired by then, for the whole job, retries included, lives within --timeout."""
+    if now >= launch_deadline:
+        return LaunchWait(None, GAVE_UP_LAUNCH_TIMEOUT)
+    wait = min(launch_backoff(attempt, rng, cap=cap), launch_deadline - now)
+    if job_deadline is not None and now + wait >= job_deadline:
+        return LaunchWait(None, GAVE_UP_TIMEOUT)
+    return LaunchWait(wait, "")
+
+
+class AttemptDecision(NamedTuple):
+    action: str  # ATTEMPT_DONE | ATTEMPT_RETRY (it never started: launch again) | ATTEMPT_RERUN
+    why: str
+
+
+ATTEMPT_DONE, ATTEMPT_RETRY, ATTEMPT_RERUN = "done", "retry", "rerun"
+
+
+def after_attempt(kind: str, task: Optional[Mapping[str, Any]], counted_names: List[str], *, reruns_done: int,
+                  reruns_allowed: int) -> AttemptDecision:
+    """What follows a task that the wait judged (Outcome.kind and the task as it stopped).
+
+    A task that failed to start for lack of capacity is a launch that did not happen: retry it
+    (within --launch-timeout). A task that ECS interrupted (Spot, a termination notice, a lost
+    host) is rerun while --rerun-on-interruption allows. Everything else is the job's verdict;
+    so is any stop that ecsbatch or an operator asked for (its kind is not "failed")."""
+    if kind != OUTCOME_FAILED or not task or task.get("lastStatus") != "STOPPED":
+        return AttemptDecision(ATTEMPT_DONE, "")
+    tid = task_id(str(task.get("taskArn") or "?"))
+    reason = failed_start_for_capacity(task)
+    if reason is not None:
+        return AttemptDecision(ATTEMPT_RETRY, f"task {tid} failed to start: {reason}")
+    why = interruption_of(task, counted_names)
+    if why is None:
+        return AttemptDecision(ATTEMPT_DONE, "")
+    if reruns_done >= reruns_allowed:
+        left = "no rerun was asked for (--rerun-on-interruption)" if not reruns_allowed else \
+            f"no rerun is left of --rerun-on-interruption {reruns_allowed}"
+        return AttemptDecision(ATTEMPT_DONE, f"task {tid} was interrupted ({why}); {left}")
+    return AttemptDecision(ATTEMPT_RERUN, f"task {tid} was interrupted ({why}): rerun {reruns_done + 1} of "
+                                          f"{reruns_allowed}")
+
+
+def attempts_note(launches: int, reruns: int) -> Optional[str]:
+    """How many launch attempts the job took, for the verdict, compact enough for --quiet:
+    None for one, else e.g. "after 3 launch attempts (1 rerun)"."""
+    if launches <= 1 and not reruns:
+        return None
+    rerun_part = f" ({reruns} rerun{'s' if reruns != 1 else ''})" if reruns else ""
+    return f"after {launches} launch attempt{'s' if launches != 1 else ''}{rerun_part}"
+
+
+def launch_gave_up_message(last: str, *, attempts: int, elapsed: float, why_not: str, launch_timeout: str,
+                           timeout: Optional[str]) -> str:
+    """The verdict when no launch attempt started the task: the last failure, and for more than
+    one attempt, how many over how long and which bound ended the retries."""
+    if why_not == GAVE_UP_TIMEOUT:
+        return (f"{last}; gave up after {attempts} launch attempt{'s' if attempts != 1 else ''} over "
+                f"{format_duration(elapsed)}: --timeout {timeout} would expire before the next; nothing is running")
+    if attempts <= 1:
+        return last
+    return (f"{last}; gave up after {attempts} launch attempts over {format_duration(elapsed)} "
+            f"(--launch-timeout {launch_timeout}); nothing is running")
 
 
 def stop_reason_text(why: str) -> str:
