@@ -1804,6 +1804,24 @@ def launch(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, key: O
     raise AwsError(f"{what}; {looked}; {advice}") from failure
 
 
+def launch_attempt(ecs: Any, request: Mapping[str, Any], guard: "SignalGuard", *, digest: str, key: Optional[str],
+                   timeout: Optional[float]) -> Dict[str, Any]:
+    """One launch attempt, under `guard` held by the caller: RunTask with a fresh clientToken and
+    client-token tag (a capacity retry is a new attempt; only the re-sends of an attempt whose
+    answer was lost keep its token, see launch()). The task carries the job's request hash
+    `digest`, whatever this attempt's request is, and the deadline of what is left of --timeout."""
+    import uuid
+
+    token = str(uuid.uuid4())
+    final = copy.deepcopy(dict(request))
+    final["clientToken"] = token
+    final["tags"] = task_tags(request.get("tags"), client_token=token, request_digest=digest,
+                              deadline=deadline_text(datetime.datetime.now(datetime.timezone.utc), timeout))
+    guard.on_second_signal = ("exiting now; a task may have been launched: "
+                              f"{stop_advice(final.get('cluster'), key, token)}")
+    return launch(ecs, final, guard, key=key)
+
+
 def task_or_why_missing(ecs: Any, cluster: Optional[str],
                         task_arn: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """(the task, None), or (None, why it is not there). Raises AwsError."""
@@ -2699,18 +2717,205 @@ def wait_to_the_end(target: Target, guard: SignalGuard, *, timeout: Optional[flo
     Only supervise's wait can be interrupted: a signal before it (say, while the logs client is
     built) is held and then ends the wait at once; one after it waits for the exit."""
     with guard.hold():
-        task_arn, counted, definition = target.task["taskArn"], target.counted, target.definition
-        started = time.monotonic()
-        watch = Watch(target.ecs, target.cluster, task_arn, poll_interval=poll_interval, missing_grace=missing_grace)
-        make_follower = (lambda: open_log_follower(definition, counted[0], task_arn, region=region, profile=profile,
-                                                   to_stderr=as_json)) if logs else None
-        outcome, follower = hand_off(watch, guard, make_follower, interrupted_by=interrupted_by,
-                                     counted_names=counted, deadline=None if timeout is None else watch.started + timeout,
-                                     timeout_text=timeout_text or "")
-        where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
-        report_outcome(outcome, task_arn=task_arn, cluster=target.cluster, counted=counted, follower=follower,
-                       where=where, as_json=as_json, elapsed=time.monotonic() - started)
-        click.get_current_context().exit(outcome.exit_code)
+        watched = watch_one_task(target, guard, timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval,
+                                 logs=logs, as_json=as_json, region=region, profile=profile,
+                                 interrupted_by=interrupted_by, missing_grace=missing_grace)
+        report_outcome(watched.outcome, task_arn=target.task["taskArn"], cluster=target.cluster, counted=target.counted,
+                       follower=watched.follower, where=watched.where, as_json=as_json, elapsed=watched.elapsed)
+        click.get_current_context().exit(watched.outcome.exit_code)
+
+
+class Watched(NamedTuple):
+    """One task waited on to its end: the judged outcome, and what the report needs of the wait."""
+
+    outcome: Outcome
+    follower: Optional[LogFollower]
+    where: Optional[str]  # where the container's log lines are, when logs are followed
+    elapsed: float
+
+
+def watch_one_task(target: Target, guard: SignalGuard, *, timeout: Optional[float], timeout_text: Optional[str],
+                   poll_interval: float, logs: bool, as_json: bool, region: Optional[str], profile: Optional[str],
+                   interrupted_by: Optional[int], missing_grace: float) -> Watched:
+    """Follow one task to its end and judge it (stopping it when the wait ends otherwise); no report."""
+    task_arn, counted, definition = target.task["taskArn"], target.counted, target.definition
+    started = time.monotonic()
+    watch = Watch(target.ecs, target.cluster, task_arn, poll_interval=poll_interval, missing_grace=missing_grace)
+    make_follower = (lambda: open_log_follower(definition, counted[0], task_arn, region=region, profile=profile,
+                                               to_stderr=as_json)) if logs else None
+    outcome, follower = hand_off(watch, guard, make_follower, interrupted_by=interrupted_by,
+                                 counted_names=counted, deadline=None if timeout is None else watch.started + timeout,
+                                 timeout_text=timeout_text or "")
+    where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
+    return Watched(outcome, follower, where, time.monotonic() - started)
+
+
+class RetryPolicy(NamedTuple):
+    """How `run` launches: --launch-timeout, --launch-backoff, --rerun-on-interruption and the
+    reruns' request (--rerun-capacity-provider), and the clock, sleep and rng (tests inject them)."""
+
+    launch_timeout: float
+    launch_timeout_text: str
+    backoff_cap: float
+    reruns: int
+    strategy: List[Dict[str, Any]]  # --rerun-capacity-provider: the reruns' capacityProviderStrategy
+    rng: random.Random
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+class AttemptLog:
+    """What a job's attempts were: for the verdict's note, stderr and --json's `attempts`."""
+
+    def __init__(self) -> None:
+        self.launches = 0  # RunTask attempts (not counting the re-sends of a lost answer)
+        self.reruns = 0
+        self.task_arns: List[str] = []  # every task launched, in order
+
+    def note(self) -> Optional[str]:
+        return attempts_note(self.launches, self.reruns)
+
+    def json(self) -> Dict[str, Any]:
+        return {"attempts": list(self.task_arns), "launchAttempts": self.launches}
+
+
+class LaunchWindow:
+    """One launch and its retries: --launch-timeout counts from its first attempt, the backoff
+    grows with its attempts. A rerun opens a new window."""
+
+    def __init__(self, policy: RetryPolicy, job_deadline: Optional[float], timeout_text: Optional[str]) -> None:
+        self.policy, self.job_deadline, self.timeout_text = policy, job_deadline, timeout_text
+        self.started = policy.clock()
+        self.attempts = 0
+
+    def wait_or_give_up(self, guard: SignalGuard, why: str, log: AttemptLog) -> Optional[str]:
+        """After a transient failure (`why`): wait the backoff, a signal cutting it short, and
+        return None; or return the reason to give up (GAVE_UP_*), having waited for nothing."""
+        policy = self.policy
+        planned = next_launch_wait(self.attempts, policy.rng, now=policy.clock(),
+                                   launch_deadline=self.started + policy.launch_timeout,
+                                   job_deadline=self.job_deadline, cap=policy.backoff_cap)
+        if planned.wait is None:
+            return planned.why_not
+        progress(f"launch attempt {log.launches} failed: {why}; trying again in {planned.wait:.1f}s "
+                 f"(--launch-timeout {policy.launch_timeout_text})")
+        try:
+            with guard.interruptible():
+                policy.sleep(planned.wait)
+        except Interrupted as interrupt:
+            name = signal.Signals(interrupt.signum).name
+            count = f"{log.launches} launch attempt{'s' if log.launches != 1 else ''}"
+            raise LaunchInterrupted(interrupt.signum, (
+                f"{name} received while waiting to launch again after {count} (the last: {why}): no task is "
+                "running, and no further attempt is made")) from None
+        return None
+
+    def gave_up(self, last: str, why_not: str, log: AttemptLog) -> str:
+        return launch_gave_up_message(last, attempts=self.attempts, elapsed=self.policy.clock() - self.started,
+                                      why_not=why_not, launch_timeout=self.policy.launch_timeout_text,
+                                      timeout=self.timeout_text)
+
+
+def launch_with_retries(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], window: LaunchWindow,
+                        log: AttemptLog, *, digest: str, key: Optional[str], verb: str,
+                        definition: Mapping[str, Any], counted: List[str], as_json: bool) -> Tuple[Dict[str, Any], Optional[int]]:
+    """Launch attempts until RunTask starts a task, with the backoff between transient failures
+    (a RunTask `failures` answer whose every reason is in TRANSIENT_LAUNCH_REASONS) until the
+    window closes. Returns the task (RunTask's entry) and a signal that arrived during its launch (then the
+    caller stops the task). A permanent failure, or the last transient one, ends the job: 125."""
+    cluster = request.get("cluster")
+    while True:
+        window.attempts += 1
+        log.launches += 1
+        job_deadline = window.job_deadline
+        timeout = None if job_deadline is None else max(0.0, job_deadline - window.policy.clock())
+        task_arn: Optional[str] = None
+        task: Dict[str, Any] = {}
+        try:
+            with guard.deferred():
+                try:
+                    answer = launch_attempt(ecs, request, guard, digest=digest, key=key, timeout=timeout)
+                except (AwsError, LaunchInterrupted) as error:
+                    emit_summary(as_json, dict(task_summary(
+                        None, task_arn=None, counted_names=counted, exit_code=error.exit_code,
+                        outcome=OUTCOME_LAUNCH_FAILED if isinstance(error, AwsError) else OUTCOME_INTERRUPTED,
+                        message=error.format_message(), elapsed=0.0), **log.json()))
+                    raise
+                tasks = answer.get("tasks") or []
+                if tasks:
+                    task, task_arn = dict(tasks[0]), tasks[0]["taskArn"]
+                    log.task_arns.append(task_arn)
+                    KnownTask.remember(ecs, cluster, task_arn)
+                    guard.on_second_signal = (f"exiting now; task {task_arn} may still be running: "
+                                              f"ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}")
+                    OUTPUT.task_line(verb, task_arn, task_definition_label(definition), counted, cluster)
+        except Interrupted as interrupt:
+            if task_arn is None:
+                raise
+            return task, interrupt.signum
+        if task_arn is not None:
+            return task, None
+        failures = answer.get("failures") or []
+        last = launch_failure_message(failures)
+        reason = transient_run_task_failure(failures)
+        why_not = GAVE_UP_LAUNCH_TIMEOUT if reason is None else window.wait_or_give_up(guard, last, log)
+        if why_not is None:
+            continue
+        message = last if reason is None else window.gave_up(last, why_not, log)
+        if reason is None and log.note():
+            message = f"{message}; {log.note()}"
+        emit_summary(as_json, dict(task_summary(None, task_arn=None, counted_names=counted,
+                                                exit_code=EXIT_ECS_FAILURE, outcome=OUTCOME_LAUNCH_FAILED,
+                                                message=message, elapsed=0.0, failures=failures), **log.json()))
+        raise AwsError(message)
+
+
+def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], policy: RetryPolicy, *, digest: str,
+                 key: Optional[str], definition: Dict[str, Any], counted: List[str], timeout: Optional[float],
+                 wait_args: Dict[str, Any]) -> None:
+    """`run` from the first launch to the exit: launch (with retries), wait, judge; launch again
+    after a task that failed to start for lack of capacity (same window), rerun after an
+    interruption while --rerun-on-interruption allows (a new window, the reruns' request), then
+    report the last attempt's outcome, with the attempts, and exit with its code."""
+    log = AttemptLog()
+    job_deadline = None if timeout is None else policy.clock() + timeout
+    timeout_text, as_json = wait_args["timeout_text"], wait_args["as_json"]
+    cluster = request.get("cluster")
+    with guard.hold():
+        window = LaunchWindow(policy, job_deadline, timeout_text)
+        this_request, verb = request, "launched"
+        while True:
+            task, pending = launch_with_retries(ecs, guard, this_request, window, log, digest=digest, key=key,
+                                                verb=verb, definition=definition, counted=counted, as_json=as_json)
+            task_arn = task["taskArn"]
+            remaining = None if job_deadline is None else max(0.0, job_deadline - policy.clock())
+            watched = watch_one_task(Target(ecs, cluster, task, definition, counted), guard, timeout=remaining,
+                                     interrupted_by=pending, missing_grace=MISSING_GRACE_SECONDS, **wait_args)
+            outcome = watched.outcome
+            decision = after_attempt(outcome.kind, outcome.task, counted, reruns_done=log.reruns,
+                                     reruns_allowed=policy.reruns)
+            if guard.received is not None or (job_deadline is not None and policy.clock() >= job_deadline):
+                decision = AttemptDecision(ATTEMPT_DONE, decision.why)  # a signal or --timeout: no more attempts
+            if decision.action == ATTEMPT_RETRY:
+                progress(outcome.message)
+                why_not = window.wait_or_give_up(guard, decision.why, log)
+                if why_not is None:
+                    verb = "launched"
+                    continue
+                outcome = outcome._replace(message=window.gave_up(outcome.message, why_not, log))
+            elif decision.action == ATTEMPT_RERUN:
+                progress(f"{outcome.message}; {decision.why}")
+                log.reruns += 1
+                why = interruption_of(outcome.task or {}, counted)
+                verb = f"rerun {log.reruns} of {policy.reruns} after {why}: launched"
+                this_request = rerun_request(request, policy.strategy)
+                window = LaunchWindow(policy, job_deadline, timeout_text)
+                continue
+            elif decision.why and policy.reruns:  # say that the reruns ran out
+                outcome = outcome._replace(message=f"{outcome.message}; {decision.why.split('; ', 1)[-1]}")
+            report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=watched.follower,
+                           where=watched.where, as_json=as_json, elapsed=watched.elapsed, attempts=log)
+            click.get_current_context().exit(outcome.exit_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2870,14 +3075,17 @@ def verdict_reserve(limit: int) -> int:
 
 
 def verdict_parts(exit_code: int, owner: Optional[str], task_arn: Optional[str], stop_code: Optional[str],
-                  message: str, advice: Optional[str] = None) -> List[Tuple[str, str]]:
-    """The verdict under --quiet, by priority: the exit code and whose it is; the task id; the
-    stopCode; the reason (Outcome.message, without the task id it repeats); advice."""
+                  message: str, advice: Optional[str] = None, *, note: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The verdict under --quiet, by priority: the exit code and whose it is; the task id; how
+    many launch attempts (attempts_note, when more than one); the stopCode; the reason
+    (Outcome.message, without the task id it repeats); advice."""
     whose = "ecsbatch" if owner is None else f"container {shorten_middle(owner, 40)}"
     parts = [(KEEP, f"ecsbatch: exit {exit_code} from {whose}")]
     tid = task_id(task_arn) if task_arn else None
     if tid:
         parts.append((KEEP, f", task {shorten_middle(tid, 48)}"))
+    if note:
+        parts.append((SHORTEN, f", {note}"))  # shortened only after the reason, at the smallest limits
     if stop_code:
         parts.append((KEEP, f", stopCode {shorten_middle(stop_code, 32)}"))
     reason = message[len(f"task {tid} "):] if tid and message.startswith(f"task {tid} ") else message
@@ -3052,19 +3260,21 @@ class Reporter:
         else:
             self.progress(f"{verb} task {task_arn} ({label}, counting {', '.join(counted)})"
                           + (f", {state}" if state else "")
-                          + (f"; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}" if verb == "launched" else ""))
+                          + (f"; to reattach: ecsbatch wait {cli_cluster_arg(cluster)}{task_arn}"
+                             if verb.endswith("launched") else ""))
 
     def verdict(self, exit_code: int, owner: Optional[str], task: Optional[Mapping[str, Any]],
-                task_arn: Optional[str], message: str, advice: Optional[str]) -> None:
-        """The last word on stderr: Outcome.message, or under --quiet its budgeted form."""
+                task_arn: Optional[str], message: str, advice: Optional[str], *, note: Optional[str] = None) -> None:
+        """The last word on stderr: Outcome.message (and the attempts' `note`), or under --quiet
+        its budgeted form."""
         severity = 6 if exit_code == 0 else 3  # info, or err
         if not self.quiet:
-            self.progress(message, severity=severity)
+            self.progress(f"{message}; {note}" if note else message, severity=severity)
             return
         if self.syslog is not None:
-            self.syslog.send(message, severity)
+            self.syslog.send(f"{message}; {note}" if note else message, severity)
         stop_code = (task or {}).get("stopCode")
-        parts = verdict_parts(exit_code, owner, task_arn, stop_code, message, advice)
+        parts = verdict_parts(exit_code, owner, task_arn, stop_code, message, advice, note=note)
         self.err_line(fit_parts(parts, self.limit - self.stderr_used - 1, self.encoding(sys.stderr)))
 
     def error(self, line: str, *, leave: int = 0) -> None:
@@ -3144,13 +3354,15 @@ def progress(message: str, *, kept: bool = False) -> None:
 
 
 def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], counted: List[str],
-                   follower: Optional[LogFollower], where: Optional[str], as_json: bool, elapsed: float) -> None:
+                   follower: Optional[LogFollower], where: Optional[str], as_json: bool, elapsed: float,
+                   attempts: Optional["AttemptLog"] = None) -> None:
     """The verdict on stderr, then the log tail: under the verdict on stderr by default, on stdout
     under --quiet (with the result line), or inside the JSON object with --json."""
     OUTPUT.task_arn = task_arn
     owner = code_owner(outcome.task, counted, outcome.exit_code, outcome.kind)
     advice = f"details: ecsbatch status {cli_cluster_arg(cluster)}{task_id(task_arn)}" if outcome.exit_code else None
-    OUTPUT.verdict(outcome.exit_code, owner, outcome.task, task_arn, outcome.message, advice)
+    note = attempts.note() if attempts is not None else None
+    OUTPUT.verdict(outcome.exit_code, owner, outcome.task, task_arn, outcome.message, advice, note=note)
     tail = list(follower.tail) if follower is not None else []
     if not OUTPUT.quiet:
         tail = tail[-LOG_TAIL_LINES:]
@@ -3159,7 +3371,10 @@ def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], c
             for line in tail:
                 click.echo(f"  | {line}", file=sys.stderr)
     summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
-                           outcome=outcome.kind, message=outcome.message, elapsed=elapsed)
+                           outcome=outcome.kind, message=f"{outcome.message}; {note}" if note else outcome.message,
+                           elapsed=elapsed)
+    if attempts is not None:
+        summary.update(attempts.json())
     if as_json:
         OUTPUT.emit_json(summary, tail)
     elif OUTPUT.quiet:
@@ -3318,6 +3533,46 @@ def key_options(command: Callable) -> Callable:
     )
 
 
+def checked_launch_timeout(ctx: Any, param: Any, value: str) -> str:
+    """--launch-timeout: a duration, or 0 for no retries."""
+    if value.strip() not in ("0", "0s", "0m", "0h"):
+        checked_duration(ctx, param, value)
+    return value
+
+
+def capacity_options(command: Callable) -> Callable:
+    """When capacity runs out: launch retries and reruns after an interruption."""
+    return apply_options(
+        command,
+        click.option("--launch-timeout", "launch_timeout_text", metavar="DURATION", default=DEFAULT_LAUNCH_TIMEOUT,
+                     show_default=True, callback=checked_launch_timeout,
+                     help="Retry a launch that failed for lack of capacity (RESOURCE:*, AGENT, Fargate's "
+                          "\"Capacity is unavailable\") this long; 0: never."),
+        click.option("--launch-backoff", "launch_backoff_text", metavar="DURATION", default=DEFAULT_LAUNCH_BACKOFF,
+                     show_default=True, callback=checked_duration,
+                     help="The longest wait between two launch attempts (full jitter, from 2s doubling)."),
+        click.option("--rerun-on-interruption", "reruns", type=click.IntRange(0, MAX_RERUNS), default=0,
+                     show_default=True, metavar="N",
+                     help="Launch the job again, up to N times, when ECS interrupts its task (Spot, a "
+                          "termination notice, a lost host). Only if the job may run twice."),
+        click.option("--rerun-capacity-provider", "rerun_providers", multiple=True, metavar="NAME[:WEIGHT[:BASE]]",
+                     help="The reruns' capacityProviderStrategy (repeatable), e.g. FARGATE; drops launchType."),
+    )
+
+
+def retry_policy(launch_timeout_text: str, launch_backoff_text: str, reruns: int,
+                 rerun_providers: Tuple[str, ...]) -> RetryPolicy:
+    """The options of capacity_options, checked together, as run_attempts takes them."""
+    if rerun_providers and not reruns:
+        raise InputError("--rerun-capacity-provider needs --rerun-on-interruption N (it is the reruns' strategy)")
+    strategy = capacity_strategy(rerun_providers)
+    launch_timeout = 0.0 if launch_timeout_text.strip() in ("0", "0s", "0m", "0h") else \
+        parse_duration(launch_timeout_text)
+    return RetryPolicy(launch_timeout=launch_timeout, launch_timeout_text=launch_timeout_text,
+                       backoff_cap=parse_duration(launch_backoff_text), reruns=reruns,
+                       strategy=strategy, rng=random.Random())
+
+
 @click.group(context_settings=CONTEXT_SETTINGS, invoke_without_command=True, no_args_is_help=False)
 @click.version_option(__version__, "--version", message="ecsbatch %(version)s")
 @click.pass_context
@@ -3349,14 +3604,16 @@ def cli(ctx: click.Context) -> None:
 @click.option("--if-running", type=click.Choice(IF_RUNNING_CHOICES), default="attach", show_default=True,
               help="With --job-key or --started-by, when a task of the same key is still live: attach to it "
                    "(same request), fail with exit 120, or launch another anyway.")
+@capacity_options
 @click.option("--dry-run", is_flag=True, help="Print the rendered request as YAML and exit 0. No AWS call.")
 @json_option
 @aws_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND ARGS...]")
 def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_definition: Optional[str],
         env_pairs: Tuple[str, ...], container: Optional[str], timeout_text: Optional[str], poll_interval: float,
-        no_logs: bool, started_by: Optional[str], job_key: Optional[str], if_running: str, dry_run: bool,
-        as_json: bool,
+        no_logs: bool, started_by: Optional[str], job_key: Optional[str], if_running: str,
+        launch_timeout_text: str, launch_backoff_text: str, reruns: int, rerun_providers: Tuple[str, ...],
+        dry_run: bool, as_json: bool,
         region: Optional[str], profile: Optional[str], debug: bool, command: Tuple[str, ...]) -> None:
     """Launch the task in run-task.yaml, wait until it stops, exit with its exit code.
 
@@ -3369,6 +3626,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
         ecsbatch run -f run-task.yaml --timeout 2h -e TARGET_DATE=2026-11-28
         ecsbatch run --cluster batch --task-definition nightly:42 -- python job.py --full
         ecsbatch run --job-key "#[SESSION_ID]/#[JOB_ID]" --timeout 3h
+        ecsbatch run --launch-timeout 10m --rerun-on-interruption 1 --rerun-capacity-provider FARGATE
         ecsbatch run --dry-run --var SUBNET_ID=subnet-0abc
     """
     setup_debug(debug)
@@ -3383,6 +3641,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
             request[key] = value
     request.setdefault("startedBy", DEFAULT_STARTED_BY)
     fail_on_problems(path, run_request_problems(request))
+    policy = retry_policy(launch_timeout_text, launch_backoff_text, reruns, rerun_providers)
 
     if dry_run:
         target = container or f"the first essential container of {request['taskDefinition']}"
@@ -3399,6 +3658,9 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     request["taskDefinition"] = definition["taskDefinitionArn"]
     final = build_run_request(request, target_container=target, env=env, command=command)
     fail_on_problems(path, run_request_problems(final))
+    if policy.strategy:
+        fail_on_problems(f"{path} with --rerun-capacity-provider",
+                         run_request_problems(rerun_request(final, policy.strategy)))
     digest = request_hash(final)
     cluster_name = final.get("cluster")
     wait_args = dict(timeout_text=timeout_text, poll_interval=poll_interval, logs=not no_logs, as_json=as_json,
@@ -3421,47 +3683,10 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
                       decision.message, timeout, wait_args)
             return
 
-    # One token per process: botocore's retries and any re-send reuse it, so ECS starts one task.
-    import uuid
-
-    token = str(uuid.uuid4())
-    final["clientToken"] = token
-    final["tags"] = task_tags(final.get("tags"), client_token=token, request_digest=digest,
-                              deadline=deadline_text(datetime.datetime.now(datetime.timezone.utc), timeout))
-    guard.on_second_signal = ("exiting now; a task may have been launched: "
-                              f"{stop_advice(cluster_name, own_key, token)}")
-    pending_signal: Optional[int] = None
-    target: Optional[Target] = None
-    try:
-        with guard.deferred():
-            try:
-                answer = launch(ecs, final, guard, key=own_key)
-            except (AwsError, LaunchInterrupted) as error:
-                emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
-                                                   exit_code=error.exit_code, outcome=OUTCOME_LAUNCH_FAILED
-                                                   if isinstance(error, AwsError) else OUTCOME_INTERRUPTED,
-                                                   message=error.format_message(), elapsed=0.0))
-                raise
-            tasks = answer.get("tasks") or []
-            if not tasks:
-                message = launch_failure_message(answer.get("failures", []))
-                emit_summary(as_json, task_summary(None, task_arn=None, counted_names=counted,
-                                                   exit_code=EXIT_ECS_FAILURE, outcome=OUTCOME_LAUNCH_FAILED,
-                                                   message=message, elapsed=0.0, failures=answer.get("failures")))
-                raise AwsError(message)
-            target = Target(ecs, cluster_name, tasks[0], definition, counted)
-            task_arn = tasks[0]["taskArn"]
-            KnownTask.remember(ecs, cluster_name, task_arn)
-            guard.on_second_signal = (f"exiting now; task {task_arn} may still be running: "
-                                      f"ecsbatch stop {cli_cluster_arg(cluster_name)}{task_arn}")
-            OUTPUT.task_line("launched", task_arn, task_definition_label(definition), counted, cluster_name)
-    except Interrupted as interrupt:
-        if target is None:
-            raise
-        pending_signal = interrupt.signum
-    assert target is not None
-    wait_to_the_end(target, guard, timeout=timeout, interrupted_by=pending_signal, missing_grace=MISSING_GRACE_SECONDS,
-                    **wait_args)
+    # Each launch attempt has a clientToken of its own; botocore's retries and the re-sends of an
+    # attempt whose answer was lost reuse it, so ECS starts one task per attempt.
+    run_attempts(ecs, guard, final, policy, digest=digest, key=own_key, definition=definition, counted=counted,
+                 timeout=timeout, wait_args=wait_args)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -296,7 +296,7 @@ def test_json_prints_one_object_with_the_exit_code_and_reason_for_every_error(jo
     args = {
         "missing file": ["run", "-f", str(job.tmp_path / "nosuch.yaml"), "--json"],
         "unknown option": ["run", "-f", str(job.run_file), "--json", "--bogus"],
-        "RunTask failures": ["run", "-f", str(job.run_file), "--json"],
+        "RunTask failures": ["run", "-f", str(job.run_file), "--json", "--launch-timeout", "0"],
         "no such task definition": ["run", "-f", str(job.run_file), "--json", "--task-definition", "nosuch:9"],
         "wait for a task ECS does not know": ["wait", "--cluster", job.cluster, "0" * 32, "--json"],
     }[case]

@@ -59,7 +59,7 @@ def test_task_stopped_by_someone_else_is_125_even_if_the_container_exits_0(job):
 def test_run_task_failures_are_125_with_the_reason(job):
     plan = Plan(failures=[{"arn": "arn:aws:ecs:ap-northeast-1:123456789012:container-instance/x",
                            "reason": "RESOURCE:MEMORY"}])
-    result = job.run(plan=plan)
+    result = job.run("--launch-timeout", "0", plan=plan)  # transient: retried by default (test_capacity.py)
     assert_one_line_error(result, 125, "RunTask started no task", "RESOURCE:MEMORY")
 
 
