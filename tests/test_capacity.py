@@ -1,0 +1,226 @@
+"""When capacity runs out, end to end against localecs: launch retries for transient failures,
+reruns after an interruption, and --job-key's promises across attempts."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+from conftest import Plan, Running, run_cli
+from ecsbatch import TAG_CLIENT_TOKEN, TAG_REQUEST_HASH, job_key_started_by
+from localecs import CAPACITY_UNAVAILABLE, capacity_failures, failed_to_start, spot_interruption
+
+FAST = ["--launch-backoff", "0.1"]  # the longest wait between two attempts: tests stay fast
+QUICK = dict(provisioning=0.05, pending=0.05)
+
+
+def tag(request, key):
+    return next(t["value"] for t in request["tags"] if t["key"] == key)
+
+
+def test_capacity_failures_then_a_task_exit_with_the_containers_code(job):
+    job.ecs.plans.extend(capacity_failures(2, then=Plan(running=0.2, exit_code=3, **QUICK)))
+    result = job.run(*FAST, "--json")
+    assert result.code == 3, result
+    requests = job.run_requests()
+    assert len(requests) == 3 and len(job.tasks()) == 1
+    # every attempt is a new RunTask: its own clientToken and client-token tag, the same request tag
+    assert len({r["clientToken"] for r in requests}) == 3
+    assert [tag(r, TAG_CLIENT_TOKEN) for r in requests] == [r["clientToken"] for r in requests]
+    assert len({tag(r, TAG_REQUEST_HASH) for r in requests}) == 1
+    assert len(re.findall(r"launch attempt \d failed: RunTask started no task: \S+ RESOURCE:CPU; trying again", result.stderr)) == 2
+    summary = json.loads(result.stdout)
+    assert summary["exitCode"] == 3 and summary["exitCodeFrom"] == "container"
+    assert summary["attempts"] == [job.only_task().task_arn] and summary["launchAttempts"] == 3
+    assert summary["message"].endswith("; after 3 launch attempts")
+
+
+def test_quiet_says_how_many_attempts_in_the_verdict(job):
+    job.ecs.plans.extend(capacity_failures(2, then=Plan(running=0.2, exit_code=3, **QUICK), reason=CAPACITY_UNAVAILABLE))
+    result = job.run(*FAST, "-q")
+    task = job.only_task()
+    assert result.code == 3, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"ecsbatch: launched task {task.id}")
+    assert lines[1].startswith(f"ecsbatch: exit 3 from container app, task {task.id}, after 3 launch attempts, "
+                               "stopCode EssentialContainerExited: ")
+    assert result.stdout.splitlines()[0] == f"ecsbatch-result: task={task.id} exit=3 from=container"
+
+
+def test_the_launch_timeout_ends_the_retries_with_125(job):
+    job.ecs.plans.extend(capacity_failures(500))
+    result = job.run("--launch-timeout", "1", "--launch-backoff", "0.2", "-q")
+    assert result.code == 125, result
+    (line,) = result.stderr.splitlines()
+    assert re.match(r"ecsbatch: error: RunTask started no task: \S+container-instance\S+ RESOURCE:CPU; ", line)
+    match = re.search(r"gave up after (\d+) launch attempts over \d+s \(--launch-timeout 1\); nothing is running",
+                      line)
+    assert match and int(match.group(1)) == len(job.run_requests()) >= 3
+    assert result.stdout == "ecsbatch-result: task=- exit=125 from=ecsbatch\n"
+    assert job.tasks() == []
+
+
+def test_a_permanent_failure_is_never_retried(job):
+    job.ecs.plans.extend(capacity_failures(3, reason="ATTRIBUTE"))
+    result = job.run(*FAST, "--json")
+    assert result.code == 125, result
+    assert len(job.run_requests()) == 1
+    summary = json.loads(result.stdout)
+    assert summary["outcome"] == "launch-failed" and summary["message"] == "RunTask started no task: ATTRIBUTE"
+    assert summary["attempts"] == [] and summary["launchAttempts"] == 1
+    assert "trying again" not in result.stderr
+
+
+def test_launch_timeout_0_turns_the_retries_off(job):
+    job.ecs.plans.extend(capacity_failures(1, then=Plan()))
+    result = job.run("--launch-timeout", "0")
+    assert result.code == 125, result
+    assert len(job.run_requests()) == 1 and "trying again" not in result.stderr
+    assert re.fullmatch(r"ecsbatch: error: RunTask started no task: \S+ RESOURCE:CPU", result.error_lines[-1])
+
+
+def test_a_task_that_failed_to_start_for_capacity_is_launched_again(job):
+    job.ecs.plans.extend([failed_to_start(**QUICK), Plan(running=0.2, exit_code=0, **QUICK)])
+    result = job.run(*FAST, "--json")
+    assert result.code == 0, result
+    first, second = sorted(job.tasks(), key=lambda t: t.created_at)
+    assert first.stop_code == "TaskFailedToStart"
+    assert f"launch attempt 1 failed: task {first.id} failed to start: Capacity is unavailable" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["attempts"] == [first.task_arn, second.task_arn] and summary["launchAttempts"] == 2
+    assert summary["taskArn"] == second.task_arn and summary["outcome"] == "succeeded"
+
+
+def test_a_task_that_failed_to_start_for_another_reason_is_not(job):
+    job.ecs.plans.extend([failed_to_start("CannotPullContainerError: ref not found", **QUICK), Plan()])
+    result = job.run(*FAST)
+    assert result.code == 125, result
+    assert len(job.tasks()) == 1 and "failed to start" in result.error_lines[-1]
+
+
+def test_a_spot_interruption_is_125_without_reruns(job):
+    job.ecs.plans.extend([spot_interruption(running=0.3, **QUICK), Plan()])
+    result = job.run(*FAST)
+    assert result.code == 125, result
+    assert len(job.tasks()) == 1
+    assert "stopped before its job finished" in result.error_lines[-1]
+    assert "rerun" not in result.error_lines[-1]
+
+
+def test_a_spot_interruption_is_rerun_and_the_last_attempt_decides(job):
+    job.ecs.plans.extend([spot_interruption(running=0.3, **QUICK), Plan(running=0.2, exit_code=4, **QUICK)])
+    result = job.run(*FAST, "--rerun-on-interruption", "2", "--json")
+    assert result.code == 4, result
+    first, second = sorted(job.tasks(), key=lambda t: t.created_at)
+    assert first.stop_code == "SpotInterruption"
+    assert f"task {first.id} was interrupted (SpotInterruption): rerun 1 of 2" in result.stderr
+    assert re.search(rf"rerun 1 of 2 after SpotInterruption: launched task {second.task_arn}", result.stderr)
+    summary = json.loads(result.stdout)
+    assert summary["attempts"] == [first.task_arn, second.task_arn]
+    assert summary["message"].endswith("after 2 launch attempts (1 rerun)")
+
+
+def test_reruns_run_out(job):
+    job.ecs.plans.extend([spot_interruption(running=0.2, **QUICK) for _ in range(3)])
+    result = job.run(*FAST, "--rerun-on-interruption", "1", "-q")
+    assert result.code == 125, result
+    assert len(job.tasks()) == 2
+    verdict = result.stderr.splitlines()[-1]
+    assert "after 2 launch attempts (1 rerun), stopCode SpotInterruption" in verdict
+    assert "; no rerun is left of --rerun-on-interruption 1" in verdict
+
+
+def test_a_lost_host_is_rerun(job):
+    lost = Plan(running=0.3, interrupted=True, stop_code=None, sigterm_exit_code=None,
+                stopped_reason="Host EC2 (instance i-0123456789abcdef0) terminated.", **QUICK)
+    job.ecs.plans.extend([lost, Plan(running=0.2, **QUICK)])
+    result = job.run(*FAST, "--rerun-on-interruption", "1")
+    assert result.code == 0, result
+    assert "was interrupted (host lost): rerun 1 of 1" in result.stderr
+
+
+def test_a_rerun_moves_to_the_rerun_capacity_provider_and_keeps_the_jobs_request_tag(job):
+    job.ecs.plans.extend([spot_interruption(running=0.3, **QUICK), Plan(running=0.2, **QUICK)])
+    result = job.run(*FAST, "--rerun-on-interruption", "1", "--rerun-capacity-provider", "FARGATE:1:1")
+    assert result.code == 0, result
+    first, second = job.run_requests()
+    assert first["launchType"] == "FARGATE" and "capacityProviderStrategy" not in first
+    assert "launchType" not in second
+    assert second["capacityProviderStrategy"] == [{"capacityProvider": "FARGATE", "weight": 1, "base": 1}]
+    assert tag(second, TAG_REQUEST_HASH) == tag(first, TAG_REQUEST_HASH)
+    assert tag(second, TAG_CLIENT_TOKEN) != tag(first, TAG_CLIENT_TOKEN)
+    assert sorted(job.tasks(), key=lambda t: t.created_at)[1].capacity_provider_name == "FARGATE"
+
+
+def test_rerun_options_are_checked_before_anything_is_sent(job):
+    result = job.run("--rerun-capacity-provider", "FARGATE")
+    assert result.code == 2 and "needs --rerun-on-interruption" in result.stderr
+    result = job.run("--rerun-on-interruption", "1", "--rerun-capacity-provider", "FARGATE:x")
+    assert result.code == 2 and "NAME[:WEIGHT[:BASE]]" in result.stderr
+    assert job.run_requests() == []
+
+
+def wait_in_backoff(running: Running, at_least: float = 1.0) -> None:
+    """Until the runner announces a wait of `at_least` seconds: it is asleep in it now."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in list(running.lines):
+            match = re.search(r"trying again in (\d+\.\d)s", line)
+            if match and float(match.group(1)) >= at_least:
+                return
+        time.sleep(0.02)
+    raise AssertionError("".join(running.lines))
+
+
+def test_sigterm_during_a_backoff_wait_exits_143_and_launches_nothing_more(job):
+    job.ecs.plans.extend(capacity_failures(500))
+    running = job.start("--launch-backoff", "8")
+    wait_in_backoff(running)
+    sent = len(job.run_requests())
+    running.signal(signal.SIGTERM)
+    result = running.finish()
+    assert result.code == 143, result
+    assert "SIGTERM received while waiting to launch again" in result.stderr
+    assert "no task is running, and no further attempt is made" in result.error_lines[-1]
+    time.sleep(0.5)
+    assert len(job.run_requests()) == sent and job.tasks() == []
+
+
+def test_stop_by_job_key_during_a_backoff_wait_ends_the_retries(job):
+    key = "nightly/backoff"
+    job.ecs.plans.extend(capacity_failures(500))
+    running = job.start("--launch-backoff", "8", "--job-key", key)
+    wait_in_backoff(running)
+    sent = len(job.run_requests())
+    stopped = run_cli(["stop", "--cluster", job.cluster, "--job-key", key, "--timeout", "30s"], job.env)
+    assert stopped.code == 0, stopped
+    result = running.finish()
+    assert result.code == 143, result
+    time.sleep(0.5)
+    assert len(job.run_requests()) == sent and job.tasks() == []
+    assert all(r["startedBy"] == job_key_started_by(key) for r in job.run_requests())
+
+
+def test_a_rerun_of_the_job_attaches_to_the_live_attempt_and_stop_ends_both(job):
+    key = "nightly/rerun"
+    job.ecs.plans.extend([spot_interruption(running=0.3, **QUICK), Plan(running=60, **QUICK)])
+    first = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1", "--rerun-capacity-provider", "FARGATE")
+    first.wait_for(r"rerun 1 of 1 after SpotInterruption: launched task")
+    live = [t for t in job.tasks() if t.last_status != "STOPPED"]
+    assert len(live) == 1 and live[0].capacity_provider_name == "FARGATE"
+    second = job.start("--job-key", key)
+    second.wait_for(rf"task {live[0].id} of this job \(key \S+\) is already \w+: attaching to it")
+    stopped = run_cli(["stop", "--cluster", job.cluster, "--job-key", key, "--timeout", "60s"], job.env)
+    assert stopped.code == 0, stopped
+    assert first.finish().code == 143 and second.finish().code == 143
+    assert len(job.tasks()) == 2 and len(job.run_requests()) == 2  # the rerun of the job launched nothing
+
+
+def test_the_timeout_bounds_the_retries_too(job):
+    job.ecs.plans.extend(capacity_failures(500))
+    result = job.run("--timeout", "2", "--launch-backoff", "0.3", "-q")
+    assert result.code == 125, result
+    assert "--timeout 2 would expire before the next; nothing is running" in result.stderr
+    assert job.tasks() == []
