@@ -2799,6 +2799,7 @@ class LaunchWindow:
             return planned.why_not
         progress(f"launch attempt {log.launches} failed: {why}; trying again in {planned.wait:.1f}s "
                  f"(--launch-timeout {policy.launch_timeout_text})")
+        guard.on_second_signal = "exiting now; no task is running"
         try:
             with guard.interruptible():
                 policy.sleep(planned.wait)
@@ -2816,14 +2817,30 @@ class LaunchWindow:
                                       timeout=self.timeout_text)
 
 
+def launch_failed(error: EcsbatchError, log: AttemptLog, counted: List[str], as_json: bool,
+                  failures: Optional[List[Mapping[str, Any]]] = None) -> EcsbatchError:
+    """The --json object for a job that ended before a task of it could be judged: launch-failed, or
+    interrupted for a signal. Returns the error, for the caller to raise."""
+    if as_json and not OUTPUT.json_emitted:
+        kind = OUTCOME_INTERRUPTED if isinstance(error, LaunchInterrupted) else OUTCOME_LAUNCH_FAILED
+        emit_summary(as_json, dict(task_summary(None, task_arn=None, counted_names=counted,
+                                                exit_code=error.exit_code, outcome=kind,
+                                                message=error.format_message(), elapsed=0.0, failures=failures),
+                                   **log.json()))
+    return error
+
+
 def launch_with_retries(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], window: LaunchWindow,
                         log: AttemptLog, *, digest: str, key: Optional[str], verb: str,
-                        definition: Mapping[str, Any], counted: List[str], as_json: bool) -> Tuple[Dict[str, Any], Optional[int]]:
+                        definition: Mapping[str, Any], counted: List[str], as_json: bool,
+                        context: Optional[str] = None) -> Tuple[Dict[str, Any], Optional[int]]:
     """Launch attempts until RunTask starts a task, with the backoff between transient failures
     (a RunTask `failures` answer whose every reason is in TRANSIENT_LAUNCH_REASONS) until the
-    window closes. Returns the task (RunTask's entry) and a signal that arrived during its launch (then the
-    caller stops the task). A permanent failure, or the last transient one, ends the job: 125."""
+    window closes. Returns the task (RunTask's entry) and a signal that arrived during its launch
+    (then the caller stops the task). A permanent failure, or the last transient one, ends the
+    job: 125. `context` (a rerun's) goes first in the error line."""
     cluster = request.get("cluster")
+    first = f"{context}: " if context else ""
     while True:
         window.attempts += 1
         log.launches += 1
@@ -2835,12 +2852,11 @@ def launch_with_retries(ecs: Any, guard: SignalGuard, request: Mapping[str, Any]
             with guard.deferred():
                 try:
                     answer = launch_attempt(ecs, request, guard, digest=digest, key=key, timeout=timeout)
-                except (AwsError, LaunchInterrupted) as error:
-                    emit_summary(as_json, dict(task_summary(
-                        None, task_arn=None, counted_names=counted, exit_code=error.exit_code,
-                        outcome=OUTCOME_LAUNCH_FAILED if isinstance(error, AwsError) else OUTCOME_INTERRUPTED,
-                        message=error.format_message(), elapsed=0.0), **log.json()))
-                    raise
+                except AwsError as error:
+                    raise launch_failed(AwsError(f"{first}{error.format_message()}", code=error.code,
+                                                 no_answer=error.no_answer), log, counted, as_json) from error
+                except LaunchInterrupted as error:
+                    raise launch_failed(error, log, counted, as_json)
                 tasks = answer.get("tasks") or []
                 if tasks:
                     task, task_arn = dict(tasks[0]), tasks[0]["taskArn"]
@@ -2858,16 +2874,16 @@ def launch_with_retries(ecs: Any, guard: SignalGuard, request: Mapping[str, Any]
         failures = answer.get("failures") or []
         last = launch_failure_message(failures)
         reason = transient_run_task_failure(failures)
-        why_not = GAVE_UP_LAUNCH_TIMEOUT if reason is None else window.wait_or_give_up(guard, last, log)
+        try:
+            why_not = GAVE_UP_LAUNCH_TIMEOUT if reason is None else window.wait_or_give_up(guard, last, log)
+        except LaunchInterrupted as error:
+            raise launch_failed(error, log, counted, as_json, failures)
         if why_not is None:
             continue
         message = last if reason is None else window.gave_up(last, why_not, log)
         if reason is None and log.note():
             message = f"{message}; {log.note()}"
-        emit_summary(as_json, dict(task_summary(None, task_arn=None, counted_names=counted,
-                                                exit_code=EXIT_ECS_FAILURE, outcome=OUTCOME_LAUNCH_FAILED,
-                                                message=message, elapsed=0.0, failures=failures), **log.json()))
-        raise AwsError(message)
+        raise launch_failed(AwsError(f"{first}{message}"), log, counted, as_json, failures)
 
 
 def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], policy: RetryPolicy, *, digest: str,
@@ -2883,10 +2899,11 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
     cluster = request.get("cluster")
     with guard.hold():
         window = LaunchWindow(policy, job_deadline, timeout_text)
-        this_request, verb = request, "launched"
+        this_request, verb, context = request, "launched", None
         while True:
             task, pending = launch_with_retries(ecs, guard, this_request, window, log, digest=digest, key=key,
-                                                verb=verb, definition=definition, counted=counted, as_json=as_json)
+                                                verb=verb, definition=definition, counted=counted, as_json=as_json,
+                                                context=context)
             task_arn = task["taskArn"]
             remaining = None if job_deadline is None else max(0.0, job_deadline - policy.clock())
             watched = watch_one_task(Target(ecs, cluster, task, definition, counted), guard, timeout=remaining,
@@ -2898,9 +2915,11 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
                 decision = AttemptDecision(ATTEMPT_DONE, decision.why)  # a signal or --timeout: no more attempts
             if decision.action == ATTEMPT_RETRY:
                 progress(outcome.message)
-                why_not = window.wait_or_give_up(guard, decision.why, log)
+                try:
+                    why_not = window.wait_or_give_up(guard, decision.why, log)
+                except LaunchInterrupted as error:
+                    raise launch_failed(error, log, counted, as_json)
                 if why_not is None:
-                    verb = "launched"
                     continue
                 outcome = outcome._replace(message=window.gave_up(outcome.message, why_not, log))
             elif decision.action == ATTEMPT_RERUN:
@@ -2908,6 +2927,7 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
                 log.reruns += 1
                 why = interruption_of(outcome.task or {}, counted)
                 verb = f"rerun {log.reruns} of {policy.reruns} after {why}: launched"
+                context = f"rerun {log.reruns} of {policy.reruns} after task {task_id(task_arn)} was interrupted ({why})"
                 this_request = rerun_request(request, policy.strategy)
                 window = LaunchWindow(policy, job_deadline, timeout_text)
                 continue

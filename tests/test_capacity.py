@@ -176,12 +176,15 @@ def wait_in_backoff(running: Running, at_least: float = 1.0) -> None:
 
 def test_sigterm_during_a_backoff_wait_exits_143_and_launches_nothing_more(job):
     job.ecs.plans.extend(capacity_failures(500))
-    running = job.start("--launch-backoff", "8")
+    running = job.start("--launch-backoff", "8", "--json")
     wait_in_backoff(running)
     sent = len(job.run_requests())
     running.signal(signal.SIGTERM)
     result = running.finish()
     assert result.code == 143, result
+    summary = json.loads(result.stdout)
+    assert summary["outcome"] == "interrupted" and summary["exitCode"] == 143
+    assert summary["attempts"] == [] and summary["launchAttempts"] == sent
     assert "SIGTERM received while waiting to launch again" in result.stderr
     assert "no task is running, and no further attempt is made" in result.error_lines[-1]
     time.sleep(0.5)
@@ -224,3 +227,13 @@ def test_the_timeout_bounds_the_retries_too(job):
     assert result.code == 125, result
     assert "--timeout 2 would expire before the next; nothing is running" in result.stderr
     assert job.tasks() == []
+
+
+def test_a_rerun_that_ecs_refuses_says_it_was_the_rerun(job):
+    job.ecs.plans.extend([spot_interruption(running=0.3, **QUICK), Plan()])
+    result = job.run(*FAST, "--rerun-on-interruption", "1", "--rerun-capacity-provider", "NOSUCH")
+    assert result.code == 125, result
+    first = job.only_task()
+    line = result.error_lines[-1]
+    assert line.startswith(f"ecsbatch: error: rerun 1 of 1 after task {first.id} was interrupted (SpotInterruption): ")
+    assert "capacity provider" in line and "NOSUCH" in line
