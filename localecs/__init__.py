@@ -24,7 +24,7 @@ What that adds to moto:
 By default a task's fate comes from the command override of its first container override:
 `exit N` exits N, `sleep S` runs S seconds, `fail-to-start` fails to pull its image,
 `host-terminated` loses its host and `spot-interruption` loses its Spot capacity. Tests queue
-an exact `Plan` instead (see also capacity_failures, failed_to_start and spot_interruption).
+an exact `Plan` instead (see also capacity_failures, failed_to_start, spot_interruption and host_lost).
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ import time
 import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from localecs.lifecycle import (CAPACITY_UNAVAILABLE, SPOT_INTERRUPTED, Container, Plan, Task, TaskState, advance,
-                                capacity_failures, copy_plan, failed_to_start, plan_from_command, request_stop,
-                                spot_interruption)
+from localecs.lifecycle import (CAPACITY_UNAVAILABLE, HOST_TERMINATED, SPOT_INTERRUPTED, Container, Plan, Task,
+                                TaskState, advance, capacity_failures, copy_plan, failed_to_start, host_lost,
+                                plan_from_command, request_stop, spot_interruption)
 
 __all__ = ["ACCOUNT_ID", "REGION", "LocalEcs", "Plan", "Task", "Container", "TaskState", "EcsError",
-           "plan_from_command", "copy_plan", "capacity_failures", "failed_to_start", "spot_interruption",
+           "plan_from_command", "copy_plan", "capacity_failures", "failed_to_start", "spot_interruption", "host_lost",
+           "HOST_TERMINATED",
            "CAPACITY_UNAVAILABLE", "SPOT_INTERRUPTED"]
 
 ACCOUNT_ID = "123456789012"  # moto's default account

@@ -72,6 +72,16 @@ def spot_interruption(running: float = 0.5, exit_code: Optional[int] = 143, **ti
                 sigterm_exit_code=exit_code, **timing)
 
 
+HOST_TERMINATED = "Host EC2 (instance i-0123456789abcdef0) terminated."
+
+
+def host_lost(running: float = 0.5, **timing: float) -> Plan:
+    """A task whose EC2 host goes away after `running` seconds: DEACTIVATING, then STOPPED with no
+    stopCode, no exit codes and the stoppedReason "Host EC2 (instance i-...) terminated."."""
+    return Plan(running=running, interrupted=True, stop_code=None, stopped_reason=HOST_TERMINATED,
+                sigterm_exit_code=None, sidecar_exit_code=None, exit_code=None, **timing)
+
+
 def plan_from_command(command: List[str], base: Plan) -> Plan:
     """The demo's little language: `exit 3`, `sleep 5`, `sleep 2; exit 1`, `fail-to-start`,
     `host-terminated`, `spot-interruption`."""
@@ -90,7 +100,7 @@ def plan_from_command(command: List[str], base: Plan) -> Plan:
                                "failed to resolve ref example.invalid/batch:nosuch: not found")
     if "host-terminated" in text:
         plan.exit_code, plan.sidecar_exit_code, plan.stop_code = None, None, None
-        plan.stopped_reason = "Host EC2 (instance i-0123456789abcdef0) terminated."
+        plan.stopped_reason = HOST_TERMINATED
     if "spot-interruption" in text:
         plan.interrupted, plan.stop_code, plan.stopped_reason = True, "SpotInterruption", SPOT_INTERRUPTED
     return plan

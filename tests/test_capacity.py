@@ -10,7 +10,7 @@ import time
 
 from conftest import Plan, Running, run_cli
 from ecsbatch import TAG_CLIENT_TOKEN, TAG_REQUEST_HASH, job_key_started_by
-from localecs import CAPACITY_UNAVAILABLE, capacity_failures, failed_to_start, spot_interruption
+from localecs import CAPACITY_UNAVAILABLE, capacity_failures, failed_to_start, host_lost, spot_interruption
 
 FAST = ["--launch-backoff", "0.1"]  # the longest wait between two attempts: tests stay fast
 QUICK = dict(provisioning=0.05, pending=0.05)
@@ -133,11 +133,11 @@ def test_reruns_run_out(job):
 
 
 def test_a_lost_host_is_rerun(job):
-    lost = Plan(running=0.3, interrupted=True, stop_code=None, sigterm_exit_code=None,
-                stopped_reason="Host EC2 (instance i-0123456789abcdef0) terminated.", **QUICK)
-    job.ecs.plans.extend([lost, Plan(running=0.2, **QUICK)])
+    job.ecs.plans.extend([host_lost(running=0.3, **QUICK), Plan(running=0.2, **QUICK)])
     result = job.run(*FAST, "--rerun-on-interruption", "1")
     assert result.code == 0, result
+    lost = sorted(job.tasks(), key=lambda t: t.created_at)[0]
+    assert lost.stop_code is None and all(c.exit_code is None for c in lost.containers)
     assert "was interrupted (host lost): rerun 1 of 1" in result.stderr
 
 
@@ -237,3 +237,23 @@ def test_a_rerun_that_ecs_refuses_says_it_was_the_rerun(job):
     line = result.error_lines[-1]
     assert line.startswith(f"ecsbatch: error: rerun 1 of 1 after task {first.id} was interrupted (SpotInterruption): ")
     assert "capacity provider" in line and "NOSUCH" in line
+
+
+def test_the_guides_capacity_start_command_through_the_hinemos_agent(job):
+    """The start command of README's "When capacity runs out", as the emulated agent runs it."""
+    from test_hinemos import GUIDE, agent_for, localised
+
+    section = GUIDE[GUIDE.index("## When capacity runs out"):GUIDE.index("## Exit codes")]
+    command = re.search(r"^(exec \S+ run -q .*--rerun-on-interruption.*)$", section, re.M).group(1)
+    job.ecs.plans.extend([spot_interruption(running=0.3, **QUICK), Plan(running=0.2, exit_code=3, **QUICK)])
+    result = agent_for(job).run(localised(command, job), timeout=90)
+    first, second = sorted(job.tasks(), key=lambda t: t.created_at)
+    assert result.end_value == 3, result
+    assert second.capacity_provider_name == "FARGATE"
+    assert len(result.stderr_bytes) <= 1024 and not any(result.discarded.values())
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"ecsbatch: launched task {first.id}")
+    assert lines[1].startswith(f"ecsbatch: rerun 1 of 1 after SpotInterruption: launched task {second.id}")
+    assert lines[2].startswith(f"ecsbatch: exit 3 from container app, task {second.id}, after 2 launch attempts "
+                               "(1 rerun), stopCode EssentialContainerExited: ")
+    assert result.job_variable(r"ecsbatch-result: task=(\S+)") == second.id
