@@ -3094,6 +3094,11 @@ def verdict_reserve(limit: int) -> int:
     return max(limit // 2, 192)
 
 
+def with_note(message: str, note: Optional[str]) -> str:
+    """The verdict with the attempts' note (attempts_note) after it, as stderr and --json give it."""
+    return f"{message}; {note}" if note else message
+
+
 def verdict_parts(exit_code: int, owner: Optional[str], task_arn: Optional[str], stop_code: Optional[str],
                   message: str, advice: Optional[str] = None, *, note: Optional[str] = None) -> List[Tuple[str, str]]:
     """The verdict under --quiet, by priority: the exit code and whose it is; the task id; how
@@ -3289,10 +3294,10 @@ class Reporter:
         its budgeted form."""
         severity = 6 if exit_code == 0 else 3  # info, or err
         if not self.quiet:
-            self.progress(f"{message}; {note}" if note else message, severity=severity)
+            self.progress(with_note(message, note), severity=severity)
             return
         if self.syslog is not None:
-            self.syslog.send(f"{message}; {note}" if note else message, severity)
+            self.syslog.send(with_note(message, note), severity)
         stop_code = (task or {}).get("stopCode")
         parts = verdict_parts(exit_code, owner, task_arn, stop_code, message, advice, note=note)
         self.err_line(fit_parts(parts, self.limit - self.stderr_used - 1, self.encoding(sys.stderr)))
@@ -3382,6 +3387,7 @@ def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], c
     owner = code_owner(outcome.task, counted, outcome.exit_code, outcome.kind)
     advice = f"details: ecsbatch status {cli_cluster_arg(cluster)}{task_id(task_arn)}" if outcome.exit_code else None
     note = attempts.note() if attempts is not None else None
+    note = None if note is not None and note in outcome.message else note  # "gave up after N launch attempts"
     OUTPUT.verdict(outcome.exit_code, owner, outcome.task, task_arn, outcome.message, advice, note=note)
     tail = list(follower.tail) if follower is not None else []
     if not OUTPUT.quiet:
@@ -3391,8 +3397,7 @@ def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], c
             for line in tail:
                 click.echo(f"  | {line}", file=sys.stderr)
     summary = task_summary(outcome.task, task_arn=task_arn, counted_names=counted, exit_code=outcome.exit_code,
-                           outcome=outcome.kind, message=f"{outcome.message}; {note}" if note else outcome.message,
-                           elapsed=elapsed)
+                           outcome=outcome.kind, message=with_note(outcome.message, note), elapsed=elapsed)
     if attempts is not None:
         summary.update(attempts.json())
     if as_json:

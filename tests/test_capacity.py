@@ -257,3 +257,17 @@ def test_the_guides_capacity_start_command_through_the_hinemos_agent(job):
     assert lines[2].startswith(f"ecsbatch: exit 3 from container app, task {second.id}, after 2 launch attempts "
                                "(1 rerun), stopCode EssentialContainerExited: ")
     assert result.job_variable(r"ecsbatch-result: task=(\S+)") == second.id
+
+
+def test_tasks_that_keep_failing_to_start_end_at_the_launch_timeout(job):
+    job.ecs.plans.extend([failed_to_start(**QUICK) for _ in range(50)])
+    result = job.run("--launch-timeout", "1", "--launch-backoff", "0.2", "--json")
+    assert result.code == 125, result
+    tasks = job.tasks()
+    assert len(tasks) >= 2 and all(t.stop_code == "TaskFailedToStart" for t in tasks)
+    summary = json.loads(result.stdout)
+    assert summary["outcome"] == "failed" and summary["stopCode"] == "TaskFailedToStart"
+    assert summary["launchAttempts"] == len(tasks) == len(summary["attempts"])
+    assert re.search(rf"failed to start: .*; gave up after {len(tasks)} launch attempts over \d+s "
+                     r"\(--launch-timeout 1\); nothing is running$", summary["message"])
+    assert summary["message"].count("launch attempts") == 1

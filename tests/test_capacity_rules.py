@@ -260,3 +260,16 @@ def test_a_rerun_on_another_provider_still_carries_the_jobs_request_hash():
     tags = task_tags(rerun.get("tags"), client_token="t2", request_digest=digest, deadline=None)
     assert {"key": TAG_REQUEST_HASH, "value": digest} in tags
     assert request_hash(rerun) != digest  # which is why the job's hash is the one that is tagged
+
+
+def test_under_quiet_the_attempts_outlast_the_reason():
+    from ecsbatch import fit_parts, verdict_parts
+
+    reason = "task 0123456789abcdef was stopped before its job finished: stoppedReason='" + "x" * 400 + "'"
+    parts = verdict_parts(125, None, ARN, "SpotInterruption", reason, "details: ecsbatch status 0123456789abcdef",
+                          note="after 4 launch attempts (2 reruns)")
+    line = fit_parts(parts, 200)
+    assert len(line) <= 200
+    assert line.startswith("ecsbatch: exit 125 from ecsbatch, task 0123456789abcdef, after 4 launch attempts "
+                           "(2 reruns), stopCode SpotInterruption: ")
+    assert "..." in line and "details" not in line
