@@ -86,10 +86,10 @@ def test_launch_retries_against_answers_moto_cannot_give(answers, attempts, expe
     try:
         with stubber, guard.hold():
             if expected == ARN:
-                task_arn, pending = launch_with_retries(client, guard, REQUEST, window, log, digest="sha256:x", key=None,
-                                                        verb="launched", definition=DEFINITION, counted=["app"],
-                                                        as_json=False)
-                assert (task_arn, pending) == (ARN, None)
+                task, pending = launch_with_retries(client, guard, REQUEST, window, log, digest="sha256:x", key=None,
+                                                    verb="launched", definition=DEFINITION, counted=["app"],
+                                                    as_json=False)
+                assert (task["taskArn"], pending) == (ARN, None)
             else:
                 with pytest.raises(AwsError) as caught:
                     launch_with_retries(client, guard, REQUEST, window, log, digest="sha256:x", key=None,
