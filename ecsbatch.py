@@ -2027,6 +2027,15 @@ def runner_file_name(key: str, pid: int) -> str:
     return f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.{pid}.json"
 
 
+def runners_before(runners: List[Tuple[int, str]], me: Tuple[int, str]) -> List[int]:
+    """The pids of the runners of a key that started before `me` ((pid, start time in clock ticks)).
+    Start time, then pid, is one order that every runner of the key agrees on."""
+    def order(runner: Tuple[int, str]) -> Tuple[int, int]:
+        return (int(runner[1]) if runner[1].isdigit() else 0, runner[0])
+
+    return [pid for pid, start in runners if (pid, start) != me and order((pid, start)) < order(me)]
+
+
 class SignalGuard:
     """SIGHUP, SIGINT, SIGQUIT and SIGTERM end the job the same way: the task is stopped first,
     then ecsbatch exits with the signal's code (EXIT_FOR_SIGNAL: 129, 130, 131, 143).
@@ -2237,6 +2246,36 @@ def registered_runners(key: str) -> List[Tuple[int, str]]:
 
 def runner_alive(pid: int, start: Optional[str]) -> bool:
     return start is not None and process_start_time(pid) == start
+
+
+def decide_rerun(ecs: Any, cluster: Optional[str], key: str, digest: str, if_running: str, *,
+                 poll_interval: float) -> RerunDecision:
+    """rerun_decision for this run of the job, once no older runner of the key is still launching.
+
+    A runner of the job that is alive with no live task is launching, or waiting between launch
+    attempts: launching here too would run the job twice. So this one waits while such a runner
+    lives, until its task appears (then attach, as to any live task) or it exits (then launch).
+    With --if-running fail it does not wait: 120. Only this user's runners on this machine are
+    seen (the runner registry); a signal while waiting exits at once, nothing launched."""
+    me = (os.getpid(), process_start_time(os.getpid()) or "")
+    told = False
+    while True:
+        live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster, key)
+        decision = rerun_decision(live, digest, key, if_running)
+        if decision.action != "launch" or if_running == "launch":
+            return decision
+        older = runners_before(registered_runners(key), me)
+        if not older:
+            return decision
+        pids = ", ".join(str(pid) for pid in older)
+        if if_running == "fail":
+            return RerunDecision("fail", None, f"runner pid {pids} of this job (key {key}) is still launching its "
+                                               "task; not launching another (--if-running fail)")
+        if not told:
+            progress(f"runner pid {pids} of this job (key {key}) is still launching its task: waiting for it, "
+                     "to attach to it instead of launching another", kept=True)
+            told = True
+        time.sleep(poll_interval)
 
 
 class Target(NamedTuple):
@@ -3695,8 +3734,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     own_key = started_by if started_by != DEFAULT_STARTED_BY else None
     if own_key is not None:
         register_runner(own_key)  # so that `ecsbatch stop --job-key` reaches this runner
-        live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster_name, own_key)
-        decision = rerun_decision(live, digest, own_key, if_running)
+        decision = decide_rerun(ecs, cluster_name, own_key, digest, if_running, poll_interval=poll_interval)
         if decision.action in ("refuse", "fail"):
             code = EXIT_ALREADY_RUNNING if decision.action == "fail" else EXIT_USAGE
             emit_summary(as_json, task_summary(decision.task, task_arn=None, counted_names=counted, exit_code=code,

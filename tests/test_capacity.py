@@ -271,3 +271,36 @@ def test_tasks_that_keep_failing_to_start_end_at_the_launch_timeout(job):
     assert re.search(rf"failed to start: .*; gave up after {len(tasks)} launch attempts over \d+s "
                      r"\(--launch-timeout 1\); nothing is running$", summary["message"])
     assert summary["message"].count("launch attempts") == 1
+
+
+def test_a_rerun_while_the_first_runner_waits_to_launch_again_launches_nothing(job):
+    """The first runner is between launch attempts: no task of the job is live, but it will
+    launch one. A second run of the job waits for that task and attaches to it."""
+    key = "nightly/between-attempts"
+    job.ecs.plans.extend(capacity_failures(500))
+    first = job.start("--launch-backoff", "1", "--job-key", key)
+    wait_in_backoff(first, at_least=0.0)
+    second = job.start("--job-key", key, "--if-running", "attach")
+    second.wait_for(rf"runner pid {first.process.pid} of this job \(key \S+\) is still launching its task: waiting")
+    job.ecs.plans.clear()  # capacity is back: the first runner's next attempt starts the task
+    job.ecs.plans.append(Plan(running=1.0, exit_code=3, **QUICK))
+    assert first.finish().code == 3
+    result = second.finish()
+    assert result.code == 3, result
+    assert "attaching to it instead of launching another" in result.stderr
+    assert len(job.tasks()) == 1
+    assert all(r["startedBy"] == job_key_started_by(key) for r in job.run_requests())
+    assert len({tag(r, TAG_CLIENT_TOKEN) for r in job.run_requests()}) == len(job.run_requests())
+
+
+def test_if_running_fail_while_the_first_runner_waits_to_launch_again_is_120(job):
+    key = "nightly/between-attempts-fail"
+    job.ecs.plans.extend(capacity_failures(500))
+    first = job.start("--launch-backoff", "8", "--job-key", key)
+    wait_in_backoff(first)
+    sent = len(job.run_requests())
+    result = job.run("--job-key", key, "--if-running", "fail")
+    assert result.code == 120 and "is still launching its task" in result.error_lines[-1], result
+    assert len(job.run_requests()) == sent
+    first.signal(signal.SIGTERM)
+    assert first.finish().code == 143

@@ -273,3 +273,17 @@ def test_under_quiet_the_attempts_outlast_the_reason():
     assert line.startswith("ecsbatch: exit 125 from ecsbatch, task 0123456789abcdef, after 4 launch attempts "
                            "(2 reruns), stopCode SpotInterruption: ")
     assert "..." in line and "details" not in line
+
+
+RUNNERS_BEFORE_CASES = {
+    "alone": ([(100, "500")], (100, "500"), []),
+    "an older runner": ([(100, "500"), (90, "400")], (100, "500"), [90]),
+    "a younger runner is not waited for": ([(100, "500"), (110, "600")], (100, "500"), []),
+    "the same tick: the lower pid first": ([(100, "500"), (99, "500"), (101, "500")], (100, "500"), [99]),
+    "pids wrapped around: start time decides": ([(100, "500"), (50000, "450")], (100, "500"), [50000]),
+}
+
+
+@pytest.mark.parametrize("runners, me, expected", RUNNERS_BEFORE_CASES.values(), ids=RUNNERS_BEFORE_CASES.keys())
+def test_runners_before(runners, me, expected):
+    assert ecsbatch.runners_before(runners, me) == expected
