@@ -180,6 +180,9 @@ INTERRUPTION_STOP_CODES = ("SpotInterruption", "TerminationNotice")
 HOST_LOSS_PATTERN = re.compile(r"\bhost\b.*\b(terminated|stopped)\b|\binstance\b.*\b(terminated|terminating|"
                                r"deregistered)\b", re.IGNORECASE | re.DOTALL)
 MAX_RERUNS = 10
+# What ECS takes in a capacityProviderStrategy: checked at the start, not at a rerun in the night.
+CAPACITY_PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+MAX_STRATEGY_PROVIDERS = 20
 
 # Values that ECS fills into a registered task definition although the request left them out;
 # they must not make an unchanged definition look changed.
@@ -742,9 +745,11 @@ def parse_capacity_provider(text: str) -> Dict[str, Any]:
     """--rerun-capacity-provider NAME[:WEIGHT[:BASE]] -> one capacityProviderStrategy item.
     WEIGHT defaults to 1 (ECS refuses a strategy whose weights are all 0) and BASE to none."""
     name, *numbers = text.split(":")
-    if not name.strip() or len(numbers) > 2 or not all(n.isdigit() for n in numbers):
+    if not name.strip() or len(numbers) > 2 or not all(re.fullmatch(r"[0-9]+", n) for n in numbers):
         raise InputError(f"bad capacity provider {shown(text)}: use NAME[:WEIGHT[:BASE]], e.g. FARGATE or "
                          "FARGATE:1:1")
+    if not CAPACITY_PROVIDER_NAME.fullmatch(name.strip()):
+        raise InputError(f"bad capacity provider {shown(text)}: a NAME is 1-255 letters, digits, _ and -")
     item: Dict[str, Any] = {"capacityProvider": name.strip(), "weight": int(numbers[0]) if numbers else 1}
     if len(numbers) == 2:
         item["base"] = int(numbers[1])
@@ -755,6 +760,9 @@ def parse_capacity_provider(text: str) -> Dict[str, Any]:
 
 def capacity_strategy(texts: Tuple[str, ...]) -> List[Dict[str, Any]]:
     """Every --rerun-capacity-provider, checked as ECS checks a strategy."""
+    if len(texts) > MAX_STRATEGY_PROVIDERS:
+        raise InputError(f"--rerun-capacity-provider: at most {MAX_STRATEGY_PROVIDERS} providers (ECS's limit), "
+                         f"not {len(texts)}")
     strategy = [parse_capacity_provider(text) for text in texts]
     names = [item["capacityProvider"] for item in strategy]
     if len(set(names)) != len(names):

@@ -1,0 +1,58 @@
+"""Attacks on "When capacity runs out": the moments and inputs where launch retries, reruns after
+an interruption and --job-key's promises across attempts could hurt a job, each pinned by a test."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import Plan, run_cli
+from localecs import capacity_failures, spot_interruption
+from localecs.proxy import Fault
+
+import ecsbatch
+
+FAST = ["--launch-backoff", "0.1"]
+QUICK = dict(provisioning=0.05, pending=0.05)
+
+
+def wait_in_backoff(running, at_least=1.0):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in list(running.lines):
+            match = re.search(r"trying again in (\d+\.\d)s", line)
+            if match and float(match.group(1)) >= at_least:
+                return
+        time.sleep(0.02)
+    raise AssertionError("".join(running.lines))
+
+
+# --- --rerun-capacity-provider: a bad value is a usage error before anything is sent ----------
+
+@pytest.mark.parametrize("texts, words", [
+    (("FARGATE:\u00b2",), "NAME[:WEIGHT[:BASE]]"),  # str.isdigit() says yes, int() says no
+    (("FARGATE:1:\u00b9",), "NAME[:WEIGHT[:BASE]]"),
+    (("FARGATE SPOT",), "letters, digits, _ and -"),
+    (("F" * 256,), "letters, digits, _ and -"),
+    (tuple(f"P{i}" for i in range(21)), "at most 20"),
+])
+def test_a_capacity_provider_that_ecs_would_refuse_at_the_rerun_is_refused_at_the_start(texts, words):
+    with pytest.raises(ecsbatch.InputError) as refused:
+        ecsbatch.capacity_strategy(texts)
+    assert words in refused.value.format_message()
+
+
+def test_twenty_providers_and_a_long_name_are_fine():
+    assert len(ecsbatch.capacity_strategy(tuple(f"P{i}" for i in range(20)))) == 20
+    assert ecsbatch.parse_capacity_provider("a-B_9" * 51)["capacityProvider"] == "a-B_9" * 51
+
+
+def test_a_superscript_weight_is_exit_2_not_an_internal_error(job):
+    result = job.run("--rerun-on-interruption", "1", "--rerun-capacity-provider", "FARGATE:\u00b2")
+    assert result.code == 2, result
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert job.run_requests() == []
