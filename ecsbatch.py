@@ -2208,19 +2208,56 @@ def register_runner(key: str) -> Optional[str]:
 
     start = process_start_time(os.getpid())
     first: Optional[str] = None
-    for directory in runtime_dirs():
-        if start is None or not private_dir(directory, create=True):
-            continue
-        path = os.path.join(directory, runner_file_name(key, os.getpid()))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError:
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
-        atexit.register(unregister_runner, path)
-        first = first or path
+    directories = [d for d in runtime_dirs() if start is not None and private_dir(d, create=True)]
+    # Under the key's lock, the runners already registered are exactly those before this one:
+    # two runners registering at once agree on which came first, whenever their processes started.
+    with registry_lock(directories[-1] if directories else None, key):
+        before = registered_runners(key)
+        for directory in directories:
+            path = os.path.join(directory, runner_file_name(key, os.getpid()))
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError:
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
+            atexit.register(unregister_runner, path)
+            first = first or path
+    if first is not None:
+        REGISTERED_BEFORE[key] = [runner for runner in before if runner[0] != os.getpid()]
     return first
+
+
+# The live runners of a key that had registered when this runner did, by key (register_runner).
+REGISTERED_BEFORE: Dict[str, List[Tuple[int, str]]] = {}
+
+
+@contextlib.contextmanager
+def registry_lock(directory: Optional[str], key: str) -> Iterator[None]:
+    """An exclusive lock on the key's entries in `directory` (the temporary directory's, which every
+    runner of this user registers in), held while a runner registers. None: no lock to take."""
+    fd = None
+    if directory is not None:
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            fd = os.open(os.path.join(directory, runner_file_name(key, 0).split(".", 1)[0] + ".lock"),
+                         os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def older_runners(key: str, me: Tuple[int, str]) -> List[int]:
+    """The pids of the live runners of `key` that registered before this one; when this one could
+    not register, those whose processes started before it (runners_before)."""
+    live = registered_runners(key)
+    if key not in REGISTERED_BEFORE:
+        return runners_before(live, me)
+    return [pid for pid, start in live if (pid, start) in REGISTERED_BEFORE[key]]
 
 
 def unregister_runner(path: str) -> None:
@@ -2272,7 +2309,7 @@ def decide_rerun(ecs: Any, cluster: Optional[str], key: str, digest: str, if_run
         decision = rerun_decision(live, digest, key, if_running)
         if decision.action != "launch" or if_running == "launch":
             return decision
-        older = runners_before(registered_runners(key), me)
+        older = older_runners(key, me)
         if not older:
             return decision
         pids = ", ".join(str(pid) for pid in older)

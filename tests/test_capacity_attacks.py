@@ -56,3 +56,30 @@ def test_a_superscript_weight_is_exit_2_not_an_internal_error(job):
     assert result.code == 2, result
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     assert job.run_requests() == []
+
+
+# --- a second run of the job that started first but registered last -------------------------
+
+def test_a_runner_that_started_first_but_registered_last_waits_for_the_one_launching(job, proxy, tmp_path):
+    """Order is registration order, not process start: B starts first, but its first AWS call is
+    slow, so A registers, finds no other runner and is launching (between capacity attempts) by
+    the time B registers. B must wait for A's task, not launch a second one."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    key = f"{job.family}/registered-last"
+    job.ecs.plans.extend(capacity_failures(500))
+    proxy.add(Fault("delay", "DescribeTaskDefinition", times=1, seconds=4.0))
+    second = job.start("--job-key", key, "--launch-backoff", "8", env=dict(env, AWS_ENDPOINT_URL=proxy.url))
+    time.sleep(0.3)  # B's process starts ticks before A's
+    first = job.start("--job-key", key, "--launch-backoff", "8", env=env)
+    wait_in_backoff(first)
+    try:
+        second.wait_for(rf"runner pid {first.process.pid} of this job \(key \S+\) is still launching its task: "
+                        "waiting", timeout=30)
+        assert not any("launch attempt" in line for line in second.lines), second.lines
+    finally:
+        stopped = run_cli(["stop", "--cluster", job.cluster, "--job-key", key, "--timeout", "30s"], env)
+        first.finish(), second.finish()
+    assert stopped.code == 0, stopped
+    assert job.tasks() == []
