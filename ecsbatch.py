@@ -2950,8 +2950,11 @@ def launch_with_retries(ecs: Any, guard: SignalGuard, request: Mapping[str, Any]
                                               f"ecsbatch stop {cli_cluster_arg(cluster)}{task_arn}")
                     OUTPUT.task_line(verb, task_arn, task_definition_label(definition), counted, cluster)
         except Interrupted as interrupt:
-            if task_arn is None:
-                raise
+            if task_arn is None:  # refused, or never sent: nothing of this attempt runs
+                name = signal.Signals(interrupt.signum).name
+                raise launch_failed(LaunchInterrupted(interrupt.signum, (
+                    f"{first}{name} received during launch attempt {log.launches}: RunTask started no task; "
+                    "nothing is running, and no further attempt is made")), log, counted, as_json) from None
             return task, interrupt.signum
         if task_arn is not None:
             return task, None

@@ -83,3 +83,46 @@ def test_a_runner_that_started_first_but_registered_last_waits_for_the_one_launc
         first.finish(), second.finish()
     assert stopped.code == 0, stopped
     assert job.tasks() == []
+
+
+# --- a signal while RunTask of a later attempt is on the wire ---------------------------------
+
+def test_sigterm_during_a_later_attempts_run_task_keeps_the_json_shape(job, proxy):
+    """RunTask of attempt 2 is slow and answers with a capacity failure; SIGTERM arrives meanwhile.
+    Nothing runs, no attempt follows, and --json still lists the attempts as every other end does."""
+    job.ecs.plans.extend(capacity_failures(500))
+    running = job.start("--launch-backoff", "0.1", "--json", env=dict(job.env, AWS_ENDPOINT_URL=proxy.url))
+    running.wait_for("launch attempt 1 failed")
+    proxy.add(Fault("delay", "RunTask", times=1, seconds=3.0))
+    while proxy.count("RunTask") < 2:
+        time.sleep(0.02)
+    running.signal(signal.SIGTERM)
+    result = running.finish()
+    assert result.code == 143, result
+    summary = json.loads(result.stdout)
+    assert summary["outcome"] == "interrupted" and summary["exitCode"] == 143
+    assert summary["attempts"] == [] and summary["launchAttempts"] == 2
+    assert "Traceback" not in result.stderr
+    assert re.search(r"SIGTERM received during launch attempt 2: RunTask started no task; nothing is running",
+                     result.error_lines[-1]), result
+    time.sleep(0.5)
+    assert proxy.count("RunTask") == 2 and job.tasks() == []
+
+
+def test_sigterm_during_a_reruns_run_task_that_starts_no_task_lists_the_interrupted_task(job, proxy):
+    job.ecs.plans.extend([spot_interruption(running=0.2, **QUICK)] + capacity_failures(500))
+    running = job.start(*FAST, "--json", "--rerun-on-interruption", "1",
+                        env=dict(job.env, AWS_ENDPOINT_URL=proxy.url))
+    running.wait_for(r"was interrupted \(SpotInterruption\): rerun 1 of 1")
+    proxy.add(Fault("delay", "RunTask", times=1, seconds=3.0))
+    running.wait_for("launch attempt 2 failed")  # the rerun's first RunTask: no capacity
+    while proxy.count("RunTask") < 3:
+        time.sleep(0.02)
+    running.signal(signal.SIGTERM)
+    result = running.finish()
+    assert result.code == 143, result
+    summary = json.loads(result.stdout)
+    (interrupted,) = job.tasks()
+    assert summary["attempts"] == [interrupted.task_arn] and summary["launchAttempts"] == 3
+    assert result.error_lines[-1].startswith("ecsbatch: error: rerun 1 of 1 after task "), result
+    assert "nothing is running" in result.error_lines[-1]
