@@ -126,3 +126,58 @@ def test_sigterm_during_a_reruns_run_task_that_starts_no_task_lists_the_interrup
     assert summary["attempts"] == [interrupted.task_arn] and summary["launchAttempts"] == 3
     assert result.error_lines[-1].startswith("ecsbatch: error: rerun 1 of 1 after task "), result
     assert "nothing is running" in result.error_lines[-1]
+
+
+# --- held: `stop --job-key` and --timeout at the moments between attempts ---------------------
+
+def test_stop_by_key_during_a_reruns_run_task_stops_the_rerun(job, proxy, tmp_path):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    key = f"{job.family}/rerun-launch"
+    job.ecs.plans.extend([spot_interruption(running=0.2, **QUICK), Plan(running=60, **QUICK)])
+    running = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1",
+                        env=dict(env, AWS_ENDPOINT_URL=proxy.url))
+    running.wait_for(r"was interrupted \(SpotInterruption\): rerun 1 of 1")
+    proxy.add(Fault("delay", "RunTask", times=1, seconds=3.0))
+    while proxy.count("RunTask") < 2:
+        time.sleep(0.02)
+    stopped = run_cli(["stop", "--cluster", job.cluster, "--job-key", key, "--timeout", "30s"], env)
+    assert stopped.code == 0, stopped
+    result = running.finish()
+    assert result.code == 143, result
+    assert [t.last_status for t in job.tasks()] == ["STOPPED", "STOPPED"]
+    assert len(job.run_requests()) == 2
+
+
+def test_stop_by_key_while_waiting_after_a_task_failed_to_start_ends_the_retries(job, tmp_path):
+    from localecs import failed_to_start
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    key = f"{job.family}/failed-to-start"
+    job.ecs.plans.extend([failed_to_start(**QUICK) for _ in range(50)])
+    running = job.start("--launch-backoff", "8", "--job-key", key, env=env)
+    wait_in_backoff(running)
+    sent = len(job.run_requests())
+    stopped = run_cli(["stop", "--cluster", job.cluster, "--job-key", key, "--timeout", "30s"], env)
+    assert stopped.code == 0, stopped
+    result = running.finish()
+    assert result.code == 143, result
+    assert "no task is running, and no further attempt is made" in result.error_lines[-1]
+    time.sleep(0.5)
+    assert len(job.run_requests()) == sent
+    assert all(t.last_status == "STOPPED" for t in job.tasks())
+
+
+def test_the_timeout_ends_the_retries_after_tasks_that_failed_to_start(job):
+    from localecs import failed_to_start
+
+    job.ecs.plans.extend([failed_to_start(**QUICK) for _ in range(50)])
+    result = job.run("--timeout", "2", "--launch-backoff", "0.3", "--json")
+    assert result.code == 125, result
+    summary = json.loads(result.stdout)
+    assert summary["outcome"] == "failed" and summary["stopCode"] == "TaskFailedToStart"
+    assert "--timeout 2 would expire before the next; nothing is running" in summary["message"]
+    assert all(t.last_status == "STOPPED" for t in job.tasks())
