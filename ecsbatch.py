@@ -2778,19 +2778,42 @@ def stop_and_wait(ecs: Any, cluster: Optional[str], arns: List[str], reason: str
 
 
 def attach_to(target: Target, guard: SignalGuard, message: str, timeout: Optional[float],
-              wait_args: Dict[str, Any]) -> None:
+              wait_args: Dict[str, Any], next_attempt: Optional[Callable[[], RerunDecision]] = None) -> None:
     """A rerun of a job whose task is still live: wait on that task as `wait` would. --timeout
-    counts from the task's creation, so a rerun never gives a stuck job more time."""
-    task_arn = target.task["taskArn"]
-    OUTPUT.task_arn = task_arn
-    progress(f"{message}; to reattach: ecsbatch wait {cli_cluster_arg(target.cluster)}{task_arn}", kept=True)
-    remaining = timeout
-    created = target.task.get("createdAt")
-    if timeout is not None and isinstance(created, datetime.datetime):
-        age = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
-        remaining = max(0.0, timeout - max(0.0, age))
-    KnownTask.remember(target.ecs, target.cluster, task_arn)
-    wait_to_the_end(target, guard, timeout=remaining, interrupted_by=None, missing_grace=0.0, **wait_args)
+    counts from the task's creation, so a rerun never gives a stuck job more time.
+
+    When ECS takes the task away (an interruption, a failed start for lack of capacity), the job's
+    own runner may launch it again: `next_attempt()` (decide_rerun) waits while that runner lives,
+    and its next task is attached to in turn. Only when no attempt follows is the task the verdict."""
+    while True:
+        task_arn = target.task["taskArn"]
+        OUTPUT.task_arn = task_arn
+        progress(f"{message}; to reattach: ecsbatch wait {cli_cluster_arg(target.cluster)}{task_arn}", kept=True)
+        remaining = timeout
+        created = target.task.get("createdAt")
+        if timeout is not None and isinstance(created, datetime.datetime):
+            age = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
+            remaining = max(0.0, timeout - max(0.0, age))
+        KnownTask.remember(target.ecs, target.cluster, task_arn)
+        if next_attempt is None:
+            wait_to_the_end(target, guard, timeout=remaining, interrupted_by=None, missing_grace=0.0, **wait_args)
+            return
+        with guard.hold():
+            watched = watch_one_task(target, guard, timeout=remaining, interrupted_by=None, missing_grace=0.0,
+                                     **wait_args)
+            outcome = watched.outcome
+            taken = after_attempt(outcome.kind, outcome.task, target.counted, reruns_done=0, reruns_allowed=1)
+            if taken.action != ATTEMPT_DONE and guard.received is None:
+                progress(f"{outcome.message}; looking for the job's next attempt")
+                with guard.interruptible():
+                    decision = next_attempt()
+                if decision.action == "attach" and decision.task and decision.task.get("taskArn") != task_arn:
+                    target, message = target._replace(task=dict(decision.task)), decision.message
+                    continue
+            report_outcome(outcome, task_arn=task_arn, cluster=target.cluster, counted=target.counted,
+                           follower=watched.follower, where=watched.where, as_json=wait_args["as_json"],
+                           elapsed=watched.elapsed)
+            click.get_current_context().exit(outcome.exit_code)
 
 
 def wait_to_the_end(target: Target, guard: SignalGuard, *, timeout: Optional[float], timeout_text: Optional[str],
@@ -3791,7 +3814,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
             raise (AlreadyRunning if code == EXIT_ALREADY_RUNNING else InputError)(decision.message)
         if decision.action == "attach":
             attach_to(Target(ecs, cluster_name, dict(decision.task or {}), definition, counted), guard,
-                      decision.message, timeout, wait_args)
+                      decision.message, timeout, wait_args,
+                      lambda: decide_rerun(ecs, cluster_name, own_key, digest, if_running, poll_interval=poll_interval))
             return
 
     # Each launch attempt has a clientToken of its own; botocore's retries and the re-sends of an

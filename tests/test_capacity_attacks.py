@@ -181,3 +181,61 @@ def test_the_timeout_ends_the_retries_after_tasks_that_failed_to_start(job):
     assert summary["outcome"] == "failed" and summary["stopCode"] == "TaskFailedToStart"
     assert "--timeout 2 would expire before the next; nothing is running" in summary["message"]
     assert all(t.last_status == "STOPPED" for t in job.tasks())
+
+
+# --- a second run of the job attached to an attempt that ECS took away -------------------------
+
+def test_a_rerun_attached_to_an_interrupted_attempt_follows_the_jobs_next_attempt(job, tmp_path):
+    """B attaches to A's task; Spot takes it; A reruns. B must not report the interruption (125)
+    while the job goes on: it attaches to A's rerun and exits with the job's real code."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    key = f"{job.family}/attached-interrupted"
+    job.ecs.plans.extend([spot_interruption(running=2.5, **QUICK), Plan(running=1.5, exit_code=3, **QUICK)])
+    first = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1", env=env)
+    first.wait_for("launched task")
+    second = job.start("--job-key", key, env=env)
+    second.wait_for("attaching to it instead of launching another")
+    assert first.finish().code == 3
+    result = second.finish()
+    interrupted, rerun = sorted(job.tasks(), key=lambda t: t.created_at)
+    assert result.code == 3, result
+    assert f"task {rerun.id} of this job" in result.stderr
+    assert len(job.run_requests()) == 2
+
+
+def test_a_rerun_attached_to_a_task_that_failed_to_start_follows_the_next_attempt(job, tmp_path):
+    from localecs import failed_to_start
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    key = f"{job.family}/attached-failed-start"
+    job.ecs.plans.extend([failed_to_start(provisioning=2.5, pending=0.05), Plan(running=1.5, exit_code=0, **QUICK)])
+    first = job.start("--launch-backoff", "0.5", "--job-key", key, env=env)
+    first.wait_for("launched task")
+    second = job.start("--job-key", key, env=env)
+    second.wait_for("attaching to it instead of launching another")
+    assert first.finish().code == 0
+    result = second.finish()
+    assert result.code == 0, result
+    assert len(job.tasks()) == 2 and len(job.run_requests()) == 2
+
+
+def test_an_attached_interrupted_task_whose_runner_is_gone_is_125(job, tmp_path):
+    """Nobody will launch the job again (its runner was killed): the interruption is the verdict."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    key = f"{job.family}/attached-orphan"
+    job.ecs.plans.extend([spot_interruption(running=2.5, **QUICK), Plan(running=60, **QUICK)])
+    first = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1", env=env)
+    first.wait_for("launched task")
+    first.process.kill()
+    first.finish()
+    result = job.run("--job-key", key, env=env)
+    assert result.code == 125, result
+    assert "attaching to it instead of launching another" in result.stderr
+    assert "stopped before its job finished" in result.error_lines[-1]
+    assert len(job.tasks()) == 1
