@@ -313,6 +313,15 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_launch_timeout(text: str) -> float:
+    """--launch-timeout: a duration, or zero however it is written (0, 0s, 0.0, 0m): no retries."""
+    compact = text.strip().lower()
+    parts = DURATION_PATTERN.findall(compact)
+    if parts and "".join(n + u for n, u in parts) == compact and all(float(n) == 0 for n, _ in parts):
+        return 0.0
+    return parse_duration(text)
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -3670,8 +3679,10 @@ def key_options(command: Callable) -> Callable:
 
 def checked_launch_timeout(ctx: Any, param: Any, value: str) -> str:
     """--launch-timeout: a duration, or 0 for no retries."""
-    if value.strip() not in ("0", "0s", "0m", "0h"):
-        checked_duration(ctx, param, value)
+    try:
+        parse_launch_timeout(value)
+    except InputError as exc:
+        raise click.BadParameter(exc.format_message(), ctx, param) from None
     return value
 
 
@@ -3701,8 +3712,7 @@ def retry_policy(launch_timeout_text: str, launch_backoff_text: str, reruns: int
     if rerun_providers and not reruns:
         raise InputError("--rerun-capacity-provider needs --rerun-on-interruption N (it is the reruns' strategy)")
     strategy = capacity_strategy(rerun_providers)
-    launch_timeout = 0.0 if launch_timeout_text.strip() in ("0", "0s", "0m", "0h") else \
-        parse_duration(launch_timeout_text)
+    launch_timeout = parse_launch_timeout(launch_timeout_text)
     return RetryPolicy(launch_timeout=launch_timeout, launch_timeout_text=launch_timeout_text,
                        backoff_cap=parse_duration(launch_backoff_text), reruns=reruns,
                        strategy=strategy, rng=random.Random())

@@ -239,3 +239,26 @@ def test_an_attached_interrupted_task_whose_runner_is_gone_is_125(job, tmp_path)
     assert "attaching to it instead of launching another" in result.stderr
     assert "stopped before its job finished" in result.error_lines[-1]
     assert len(job.tasks()) == 1
+
+
+# --- --launch-timeout 0, however it is written ---------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0", 0.0), ("0s", 0.0), ("0.0", 0.0), ("00", 0.0), ("0m", 0.0), ("0h0m", 0.0), (" 0 ", 0.0),
+    ("90", 90.0), ("5m", 300.0), ("0.5", 0.5), ("1h0m", 3600.0),
+])
+def test_launch_timeout_zero_in_any_spelling_turns_retries_off(text, seconds):
+    assert ecsbatch.parse_launch_timeout(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-1", "0x", "5 m", "1e3"])
+def test_a_bad_launch_timeout_is_a_usage_error(text):
+    with pytest.raises(ecsbatch.InputError):
+        ecsbatch.parse_launch_timeout(text)
+
+
+def test_launch_timeout_0_0_launches_once(job):
+    job.ecs.plans.extend(capacity_failures(1, then=Plan()))
+    result = job.run("--launch-timeout", "0.0")
+    assert result.code == 125, result
+    assert len(job.run_requests()) == 1 and "trying again" not in result.stderr
