@@ -63,6 +63,9 @@ DEFAULT_STARTED_BY = "ecsbatch"
 POLL_JITTER_FLOOR = 0.75
 FIRST_POLL_FLOOR = 0.1
 HEARTBEAT_SECONDS = 300.0
+# How often a second run of a job, waiting for the first runner's launch, reads that runner's
+# registry entry for the task it launched (a local file: cheap, and faster than any task ends).
+REGISTRY_LOOK_SECONDS = 0.5
 # After StopTask, ECS sends SIGTERM and, 30 s later by default, SIGKILL. Wait a little longer.
 STOP_CONFIRM_SECONDS = 40.0
 STOP_CONFIRM_POLL = 2.0
@@ -2143,6 +2146,7 @@ class KnownTask:
     @classmethod
     def remember(cls, ecs: Any, cluster: Optional[str], task_arn: str) -> None:
         cls.current = (ecs, cluster, task_arn)
+        note_runner_task(task_arn)
 
     @classmethod
     def forget(cls) -> None:
@@ -2231,6 +2235,7 @@ def register_runner(key: str) -> Optional[str]:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
             atexit.register(unregister_runner, path)
+            OWN_ENTRIES.append(path)
             first = first or path
     if first is not None:
         REGISTERED_BEFORE[key] = [runner for runner in before if runner[0] != os.getpid()]
@@ -2239,6 +2244,43 @@ def register_runner(key: str) -> Optional[str]:
 
 # The live runners of a key that had registered when this runner did, by key (register_runner).
 REGISTERED_BEFORE: Dict[str, List[Tuple[int, str]]] = {}
+# This runner's own registry entries.
+OWN_ENTRIES: List[str] = []
+
+
+def note_runner_task(task_arn: str) -> None:
+    """Write the task this runner now waits on into its registry entries: a second run of the job
+    that waits for this runner's launch finds the task there, even one that starts and stops
+    between two of its looks at ECS. Never fails the job."""
+    for path in OWN_ENTRIES:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                entry = json.load(handle)
+            entry["task"] = task_arn
+            write_atomically(path, json.dumps(entry))
+        except (OSError, ValueError, TypeError):
+            continue
+
+
+def runner_tasks(key: str, pids: List[int]) -> List[str]:
+    """The tasks that these runners of `key` wrote into their entries (note_runner_task)."""
+    import glob
+
+    prefix = runner_file_name(key, 0).split(".", 1)[0]
+    found: List[str] = []
+    for directory in runtime_dirs():
+        if not private_dir(directory, create=False):
+            continue
+        for path in glob.glob(os.path.join(directory, f"{prefix}.*.json")):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    entry = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            if isinstance(entry, dict) and entry.get("key") == key and entry.get("pid") in pids and \
+                    isinstance(entry.get("task"), str) and entry["task"] not in found:
+                found.append(entry["task"])
+    return found
 
 
 @contextlib.contextmanager
@@ -2308,28 +2350,47 @@ def decide_rerun(ecs: Any, cluster: Optional[str], key: str, digest: str, if_run
 
     A runner of the job that is alive with no live task is launching, or waiting between launch
     attempts: launching here too would run the job twice. So this one waits while such a runner
-    lives, until its task appears (then attach, as to any live task) or it exits (then launch).
+    lives, until its task appears (then attach, as to any live task, or to the task it noted in the
+    registry since this run began waiting, even one that already stopped) or it exits (then launch).
     With --if-running fail it does not wait: 120. Only this user's runners on this machine are
     seen (the runner registry); a signal while waiting exits at once, nothing launched."""
     me = (os.getpid(), process_start_time(os.getpid()) or "")
     told = False
+    next_look = 0.0
+    noted_before: Optional[set] = None
     while True:
-        live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster, key)
-        decision = rerun_decision(live, digest, key, if_running)
-        if decision.action != "launch" or if_running == "launch":
-            return decision
+        looked = time.monotonic() >= next_look
+        if looked:  # ECS at the poll interval; the registry in between
+            next_look = time.monotonic() + poll_interval
+            live = [] if if_running == "launch" else live_tasks_of_key(ecs, cluster, key)
+            decision = rerun_decision(live, digest, key, if_running)
+            if decision.action != "launch" or if_running == "launch":
+                return decision
         older = older_runners(key, me)
         if not older:
-            return decision
+            if looked:
+                return decision
+            next_look = 0.0  # the older runner is gone: one more look at ECS decides
+            continue
         pids = ", ".join(str(pid) for pid in older)
         if if_running == "fail":
             return RerunDecision("fail", None, f"runner pid {pids} of this job (key {key}) is still launching its "
                                                "task; not launching another (--if-running fail)")
+        noted = runner_tasks(key, older)
+        if noted_before is None:  # tasks of earlier attempts or runs: what their runners report is theirs
+            noted_before = set(noted)
+        launched = [task for task in tasks_ecs_knows(ecs, cluster, [arn for arn in noted if arn not in noted_before],
+                                                    with_tags=True) if tag_value(task, TAG_REQUEST_HASH) == digest]
+        if launched:  # launched while this run waited, even if it already stopped: this run is that one
+            task = launched[-1]
+            return RerunDecision("attach", task, f"task {task_id(str(task.get('taskArn')))} of this job (key {key}), "
+                                                 f"launched by runner pid {pids}, is {task.get('lastStatus')}: "
+                                                 "attaching to it instead of launching another")
         if not told:
             progress(f"runner pid {pids} of this job (key {key}) is still launching its task: waiting for it, "
                      "to attach to it instead of launching another", kept=True)
             told = True
-        time.sleep(poll_interval)
+        time.sleep(min(poll_interval, REGISTRY_LOOK_SECONDS))
 
 
 class Target(NamedTuple):

@@ -304,3 +304,36 @@ def test_if_running_fail_while_the_first_runner_waits_to_launch_again_is_120(job
     assert len(job.run_requests()) == sent
     first.signal(signal.SIGTERM)
     assert first.finish().code == 143
+
+
+def test_a_rerun_waiting_for_the_first_runner_finds_its_task_in_the_registry_between_looks_at_ecs(job):
+    """The first runner's short task starts and stops within the second run's poll interval (30 s
+    here): the task that runner wrote into its registry entry is what the second run reports."""
+    key = "nightly/short-task"
+    job.ecs.plans.extend(capacity_failures(500))
+    first = job.start("--launch-backoff", "1", "--job-key", key, "--no-logs", "--poll-interval", "0.2")
+    wait_in_backoff(first, at_least=0.0)
+    second = job.start("--job-key", key, "--poll-interval", "30", "--no-logs")
+    second.wait_for(r"is still launching its task: waiting")
+    job.ecs.plans.clear()
+    job.ecs.plans.append(Plan(running=1.5, exit_code=3, provisioning=0.01, pending=0.01))
+    assert first.finish().code == 3
+    result = second.finish(timeout=60)
+    assert result.code == 3, result
+    assert len(job.tasks()) == 1
+    assert re.search(r"launched by runner pid \d+, is \w+: attaching to it instead of launching another", result.stderr)
+
+
+def test_a_stopped_task_of_an_earlier_run_is_not_this_runs(job):
+    """A runner that is still reporting an earlier run's task (STOPPED) is not launching: the
+    second run waits for it to exit, then launches its own task."""
+    key = "nightly/earlier-run"
+    job.ecs.plans.append(Plan(running=0.3, exit_code=143, **QUICK))
+    job.ecs.plans.append(Plan(running=0.3, exit_code=0, **QUICK))
+    first = job.start("--job-key", key, "--poll-interval", "0.2")
+    first.wait_for(r"STOPPED")
+    second = job.start("--job-key", key, "--poll-interval", "0.5")
+    assert first.finish().code == 143
+    result = second.finish(timeout=60)
+    assert result.code == 0, result
+    assert len(job.tasks()) == 2

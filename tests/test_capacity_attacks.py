@@ -176,11 +176,14 @@ def test_the_timeout_ends_the_retries_after_tasks_that_failed_to_start(job):
 
     job.ecs.plans.extend([failed_to_start(**QUICK) for _ in range(50)])
     result = job.run("--timeout", "2", "--launch-backoff", "0.3", "--json")
-    assert result.code == 125, result
     summary = json.loads(result.stdout)
+    assert all(t.last_status == "STOPPED" for t in job.tasks())
+    if result.code == 124:  # a busy machine: the timeout came while an attempt was starting, and stopped it
+        assert summary["outcome"] == "timeout" and "was stopped (STOPPED)" in summary["message"], result
+        return
+    assert result.code == 125, result
     assert summary["outcome"] == "failed" and summary["stopCode"] == "TaskFailedToStart"
     assert "--timeout 2 would expire before the next; nothing is running" in summary["message"]
-    assert all(t.last_status == "STOPPED" for t in job.tasks())
 
 
 # --- a second run of the job attached to an attempt that ECS took away -------------------------
