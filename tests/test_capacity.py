@@ -298,10 +298,12 @@ def test_if_running_fail_while_the_first_runner_waits_to_launch_again_is_120(job
     job.ecs.plans.extend(capacity_failures(500))
     first = job.start("--launch-backoff", "8", "--job-key", key)
     wait_in_backoff(first)
+    first.signal(signal.SIGSTOP)  # frozen in its backoff wait: every RunTask from now on would be the second run's
     sent = len(job.run_requests())
     result = job.run("--job-key", key, "--if-running", "fail")
     assert result.code == 120 and "is still launching its task" in result.error_lines[-1], result
     assert len(job.run_requests()) == sent
+    first.signal(signal.SIGCONT)
     first.signal(signal.SIGTERM)
     assert first.finish().code == 143
 
