@@ -13,7 +13,9 @@ the ones that do I/O after them:
   4. AWS: clients, thin wrappers, errors, redaction;
   5. waiting: the signal guard, the poller, the supervisor, the log follower;
   6. output: progress, the quiet budget, the result line, safe streams, the system log;
-  7. commands: shared options, then the click commands, thin shells over the rest.
+  7. commands: shared options, then the click commands, thin shells over the rest;
+  8. the shared watcher: protocol, thin runner, watcher (ECSBATCH_WATCHER=on); it runs on its
+     own, stdlib only, as the thin runner that waits while the watcher does the AWS work.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Protocol, Tuple
 
@@ -2176,41 +2179,7 @@ class KnownTask:
 # that a job whose RunTask is still in flight (re-sends, capacity retries) is stopped by its own
 # runner's signal path, which knows or finds the task. One file per runner, in a directory only
 # this user can use, holding the pid and the process start time (a reused pid does not match).
-def runtime_dirs() -> List[str]:
-    """Where runners register: $XDG_RUNTIME_DIR/ecsbatch, then a private directory under the
-    temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset). `stop` looks in both."""
-    import tempfile
-
-    dirs = []
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
-    dirs.append(os.path.join(tempfile.gettempdir(), f"ecsbatch-{os.getuid()}"))
-    return dirs
-
-
-def private_dir(path: str, *, create: bool) -> bool:
-    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
-    import stat
-
-    if create:
-        with contextlib.suppress(OSError):
-            os.mkdir(path, 0o700)
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
-def process_start_time(pid: int) -> Optional[str]:
-    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
-    there is no such process or it has exited (a zombie waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
+RUNNER_FILES: List[str] = []  # this runner's registry entries (see runtime_dirs, in section 8)
 
 
 def register_runner(key: str) -> Optional[str]:
@@ -2236,6 +2205,7 @@ def register_runner(key: str) -> Optional[str]:
                 json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
             atexit.register(unregister_runner, path)
             OWN_ENTRIES.append(path)
+            RUNNER_FILES.append(path)
             first = first or path
     if first is not None:
         REGISTERED_BEFORE[key] = [runner for runner in before if runner[0] != os.getpid()]
@@ -2526,13 +2496,14 @@ class Watch:
 
     def __init__(self, ecs: Any, cluster: Optional[str], task_arn: str, *, poll_interval: float,
                  missing_grace: float = MISSING_GRACE_SECONDS, rng: Optional[random.Random] = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 started: Optional[float] = None) -> None:
         self.ecs, self.cluster, self.task_arn = ecs, cluster, task_arn
         self.poll_interval = poll_interval
         self.missing_grace = missing_grace
         self.rng = rng or random.Random()
         self.clock, self.sleep = clock, sleep
-        self.started = clock()
+        self.started = clock() if started is None else started  # a thin runner's wait began earlier
         self.last_task: Optional[Dict[str, Any]] = None
         self.last_status: Optional[str] = None
         self.last_line_at = self.started
@@ -2666,11 +2637,14 @@ class Watch:
 
 def supervise(watch: TaskWatch, guard: SignalGuard, *, counted_names: List[str], deadline: Optional[float],
               timeout_text: str, follower: Optional[LogFollower] = None,
-              interrupted_by: Optional[int] = None) -> Outcome:
+              interrupted_by: Optional[int] = None, during_launch: bool = True,
+              stop_asked_before: bool = False) -> Outcome:
     """Wait for the task and judge it. Whatever ends the wait, ecsbatch stops the task, or the
     outcome says plainly that it could not. Only the wait itself can be interrupted: before it,
     a signal is held (and then ends the wait at once), after it a first signal waits its turn.
-    `follower` reads the container's log beside the wait, and drains it at the end."""
+    `follower` reads the container's log beside the wait, and drains it at the end.
+    `stop_asked_before`: a watcher was asked to stop the task before this process took it over,
+    so StopTask's answer here may show what that earlier stop did, not what came before it."""
     arn, tid = watch.task_arn, task_id(watch.task_arn)
     guard.on_second_signal = lambda: (
         f"exiting now; StopTask was sent for task {tid}" if watch.stop_sent else
@@ -2692,12 +2666,15 @@ def supervise(watch: TaskWatch, guard: SignalGuard, *, counted_names: List[str],
                 import logging
 
                 logging.getLogger("ecsbatch").debug("internal error while waiting", exc_info=True)
-            ending = ending_for(exc, timeout_text=timeout_text, during_launch=interrupted_by is not None)
+            ending = ending_for(exc, timeout_text=timeout_text,
+                                during_launch=interrupted_by is not None and during_launch)
         if ending is None:
             outcome = judge_stopped_task(task, counted_names)
         else:
-            outcome = judge_after_stop(ending, watch.stop(ending.message), counted_names, cluster=watch.cluster,
-                                       task_arn=arn)
+            attempt = watch.stop(ending.message)
+            if stop_asked_before:
+                attempt = attempt._replace(at_stop=None)
+            outcome = judge_after_stop(ending, attempt, counted_names, cluster=watch.cluster, task_arn=arn)
         if follower is not None:
             try:
                 follower.drain()  # the last lines, usually the error, come after the stop
@@ -2896,7 +2873,8 @@ def wait_to_the_end(target: Target, guard: SignalGuard, *, timeout: Optional[flo
     with guard.hold():
         watched = watch_one_task(target, guard, timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval,
                                  logs=logs, as_json=as_json, region=region, profile=profile,
-                                 interrupted_by=interrupted_by, missing_grace=missing_grace)
+                                 interrupted_by=interrupted_by, missing_grace=missing_grace,
+                                 hand_over={"attempts": None, "until_running": False} if WATCHER_CHILD else None)
         report_outcome(watched.outcome, task_arn=target.task["taskArn"], cluster=target.cluster, counted=target.counted,
                        follower=watched.follower, where=watched.where, as_json=as_json, elapsed=watched.elapsed)
         click.get_current_context().exit(watched.outcome.exit_code)
@@ -2913,16 +2891,41 @@ class Watched(NamedTuple):
 
 def watch_one_task(target: Target, guard: SignalGuard, *, timeout: Optional[float], timeout_text: Optional[str],
                    poll_interval: float, logs: bool, as_json: bool, region: Optional[str], profile: Optional[str],
-                   interrupted_by: Optional[int], missing_grace: float) -> Watched:
-    """Follow one task to its end and judge it (stopping it when the wait ends otherwise); no report."""
+                   interrupted_by: Optional[int], missing_grace: float, resumed: Optional[Mapping[str, Any]] = None,
+                   hand_over: Optional[Mapping[str, Any]] = None) -> Watched:
+    """Follow one task to its end and judge it (stopping it when the wait ends otherwise); no report.
+
+    `hand_over` (in a launch child of the shared watcher): give the task to the runner, which
+    waits thin, instead (hand_off_to_runner). `resumed`: a thin runner's state when its watcher
+    went away: when the wait began, the log read so far, the task as last seen, and whether the
+    watcher was asked to stop it."""
     task_arn, counted, definition = target.task["taskArn"], target.counted, target.definition
-    started = time.monotonic()
-    watch = Watch(target.ecs, target.cluster, task_arn, poll_interval=poll_interval, missing_grace=missing_grace)
-    make_follower = (lambda: open_log_follower(definition, counted[0], task_arn, region=region, profile=profile,
-                                               to_stderr=as_json)) if logs else None
-    outcome, follower = hand_off(watch, guard, make_follower, interrupted_by=interrupted_by,
+    resumed = resumed or {}
+    started = resumed["state"]["started"] if resumed else time.monotonic()
+    watch = Watch(target.ecs, target.cluster, task_arn, poll_interval=poll_interval, missing_grace=missing_grace,
+                  started=started)
+    if resumed.get("last_task"):
+        watch.last_task, watch.last_status = dict(resumed["last_task"]), resumed["last_task"].get("lastStatus")
+    during_launch = not resumed
+    if hand_over is not None and interrupted_by is None:
+        interrupted_by = hand_off_to_runner(watch, guard, target=target, timeout=timeout, timeout_text=timeout_text,
+                                            poll_interval=poll_interval, logs=logs, as_json=as_json, region=region,
+                                            profile=profile, missing_grace=missing_grace, **hand_over)
+        during_launch = False
+
+    def make_follower() -> Optional[LogFollower]:
+        follower = open_log_follower(definition, counted[0], task_arn, region=region, profile=profile,
+                                     to_stderr=as_json)
+        if follower is not None and resumed:  # go on where the watcher's reads ended: each line once
+            follower.token = resumed.get("log_token")
+            for line in resumed.get("tail") or []:
+                follower._keep(line)
+        return follower
+
+    outcome, follower = hand_off(watch, guard, make_follower if logs else None, interrupted_by=interrupted_by,
                                  counted_names=counted, deadline=None if timeout is None else watch.started + timeout,
-                                 timeout_text=timeout_text or "")
+                                 timeout_text=timeout_text or "", during_launch=during_launch,
+                                 stop_asked_before=bool(resumed.get("stop_asked")))
     where = container_log_source(definition, counted[0], task_arn)[1] if logs else None
     return Watched(outcome, follower, where, time.monotonic() - started)
 
@@ -3086,8 +3089,13 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
                                                 context=context)
             task_arn = task["taskArn"]
             remaining = None if job_deadline is None else max(0.0, job_deadline - policy.clock())
+            # Through the shared watcher, the runner waits thin, unless reruns may follow (they launch
+            # from here); a task that may still fail to start for capacity is handed over once RUNNING.
+            hand_over = {"attempts": log, "until_running": policy.launch_timeout > 0} \
+                if WATCHER_CHILD is not None and not policy.reruns else None
             watched = watch_one_task(Target(ecs, cluster, task, definition, counted), guard, timeout=remaining,
-                                     interrupted_by=pending, missing_grace=MISSING_GRACE_SECONDS, **wait_args)
+                                     interrupted_by=pending, missing_grace=MISSING_GRACE_SECONDS, hand_over=hand_over,
+                                     **wait_args)
             outcome = watched.outcome
             decision = after_attempt(outcome.kind, outcome.task, counted, reruns_done=log.reruns,
                                      reruns_allowed=policy.reruns)
@@ -3549,13 +3557,32 @@ class Reporter:
 OUTPUT = Reporter()
 
 
+_PROGRESS_SINK = threading.local()
+
+
 def progress(message: str, *, kept: bool = False) -> None:
     """One timestamped line on stderr, and in the system log for `run` and `wait`.
 
     Under --quiet only `kept` lines reach stderr (a line that names the task), within the output
-    limit and shortened to fit, always leaving room for the verdict.
+    limit and shortened to fit, always leaving room for the verdict. In the watcher, a thread
+    working for one runner collects its lines for that runner instead (progress_to).
     """
+    sink = getattr(_PROGRESS_SINK, "sink", None)
+    if sink is not None:
+        sink(message)
+        return
     OUTPUT.progress(message, kept=kept)
+
+
+@contextlib.contextmanager
+def progress_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """This thread's progress lines go to `sink` inside the block."""
+    before = getattr(_PROGRESS_SINK, "sink", None)
+    _PROGRESS_SINK.sink = sink
+    try:
+        yield
+    finally:
+        _PROGRESS_SINK.sink = before
 
 
 def report_outcome(outcome: Outcome, *, task_arn: str, cluster: Optional[str], counted: List[str],
@@ -3841,6 +3868,9 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     timeout = parse_duration(timeout_text) if timeout_text else None
     env = parse_assignments(env_pairs, "-e/--env", identifier=False)
     started_by = chosen_started_by(started_by, job_key)
+    if watcher_wanted(dry_run=dry_run, debug=debug):  # returns only if the watcher cannot launch it
+        launch_through_watcher(list(COMMAND_ARGS), region=region, profile=profile,
+                               own_key=started_by if started_by not in (None, DEFAULT_STARTED_BY) else None)
     request = load_request(path, template_variables(variables))
     for key, value in (("cluster", cluster), ("taskDefinition", task_definition), ("startedBy", started_by)):
         if value is not None:
@@ -3875,7 +3905,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     # A key of this job's own, from the command line: never the shared default, never the file's.
     own_key = started_by if started_by != DEFAULT_STARTED_BY else None
     if own_key is not None:
-        register_runner(own_key)  # so that `ecsbatch stop --job-key` reaches this runner
+        if WATCHER_CHILD is None:  # a launch child: its runner registered itself
+            register_runner(own_key)  # so that `ecsbatch stop --job-key` reaches this runner
         decision = decide_rerun(ecs, cluster_name, own_key, digest, if_running, poll_interval=poll_interval)
         if decision.action in ("refuse", "fail"):
             code = EXIT_ALREADY_RUNNING if decision.action == "fail" else EXIT_USAGE
@@ -4157,11 +4188,45 @@ def validate(paths: Tuple[str, ...], variables: Tuple[str, ...], tag: Optional[s
         click.get_current_context().exit(EXIT_USAGE)
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS, hidden=True)
+@click.option("--detach", is_flag=True, help="Leave the session and close stdin, stdout and stderr first.")
+@click.option("--idle", "idle_text", metavar="DURATION", callback=checked_duration,
+              help="Exit after this long with nothing to do. Default: 2m.")
+@aws_options
+def watcher(detach: bool, idle_text: Optional[str], region: Optional[str], profile: Optional[str],
+            debug: bool) -> None:
+    """The shared watcher of this user and credential context (ECSBATCH_WATCHER=on).
+
+    `run` starts it when none listens; a systemd socket unit may start it instead (LISTEN_FDS,
+    with ECSBATCH_WATCHER_SOCKET naming the socket for the runners).
+
+    \b
+    Example:
+        ECSBATCH_WATCHER=on ecsbatch run --job-key nightly   # starts it when needed
+        ecsbatch watcher --idle 10m                          # systemd's ExecStart=
+    """
+    setup_debug(debug)
+    serve_watcher(detach=detach, idle=parse_duration(idle_text) if idle_text else DEFAULT_WATCHER_IDLE,
+                  region=region, profile=profile)
+
+
+COMMAND_ARGS: List[str] = []  # what this process was asked, for the watcher to run the same
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: every failure ends in one line on stderr and a documented exit code; with
     --json, stdout always holds one JSON object; with --quiet, always the result line."""
     install_safe_streams()
     args = list(sys.argv[1:] if argv is None else argv)
+    COMMAND_ARGS[:] = args
+    resume = RESUME_STATE
+    if resume is None and os.environ.get(RESUME_FD_ENV):  # the end of a job that a thin runner waited on
+        fd = os.environ.pop(RESUME_FD_ENV)
+        with contextlib.suppress(OSError, ValueError):
+            resume = read_state(int(fd))
+        if resume is None:
+            sys.stderr.write("ecsbatch: error: the state of the job to resume could not be read\n")
+            sys.exit(EXIT_ECS_FAILURE)
     options = args[: args.index("--")] if "--" in args else args
     debug = "--debug" in options
     # Before click has parsed them (a usage error), the flags are read from the arguments.
@@ -4174,7 +4239,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     try:
         # Without standalone mode click returns ctx.exit()'s code instead of exiting.
-        result = cli.main(args=args, prog_name="ecsbatch", standalone_mode=False)
+        result = resume_job(resume) if resume else cli.main(args=args, prog_name="ecsbatch", standalone_mode=False)
     except click.Abort:
         fail(EXIT_SIGINT, OUTCOME_INTERRUPTED, "ecsbatch: aborted", "aborted")
     except click.UsageError as exc:
@@ -4199,6 +4264,1488 @@ def main(argv: Optional[List[str]] = None) -> None:
         message = f"internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)"
         fail(EXIT_ECS_FAILURE, OUTCOME_ERROR, f"ecsbatch: {message}", message, stopped)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The shared watcher: protocol, thin runner, watcher
+# ---------------------------------------------------------------------------------------------
+# One watcher per user and credential context does the AWS work of every `run` of that user
+# (ECSBATCH_WATCHER=on): it launches (in a child forked from a warm process, with the runner's
+# own stdin/stdout/stderr, cwd, environment and arguments, so the launch is `run`'s own code),
+# polls every watched task with one DescribeTasks per interval, reads the logs on the same
+# clock and, when asked, stops a task. A runner, once its task is launched, execs itself into
+# the stdlib-only loop below (same pid: the scheduler's signals, the runner registry and the
+# exit status stay right) and at the end back into the full ecsbatch, which judges and prints
+# with the same code as a run without the watcher. If the watcher is gone or hangs, the runner
+# re-adopts its task through a new watcher or, staggered and a few at a time, waits by itself.
+#
+# Everything from this heading to the end of the file runs on its own under `python -I -S`
+# (see THIN_BOOTSTRAP): only the standard library at the top level, nothing from sections 1-7
+# at import time. Functions that need the rest (marked "full") are only called by full ecsbatch.
+
+WATCHER_PROTOCOL = 1  # bump on any change to the messages; a mismatch falls back, never misjudges
+WATCHER_ENV = "ECSBATCH_WATCHER"  # "on" uses the watcher; unset or "off" runs as before
+WATCHER_IDLE_ENV = "ECSBATCH_WATCHER_IDLE"  # seconds a watcher with nothing to do lives on
+WATCHER_SOCKET_ENV = "ECSBATCH_WATCHER_SOCKET"  # a socket of systemd's, instead of one per context
+RESUME_FD_ENV = "ECSBATCH_RESUME_FD"  # full ecsbatch: finish or adopt the job in this state
+DEFAULT_WATCHER_IDLE = 120.0
+WATCHER_HEARTBEAT = 1.0  # the watcher says "alive" to every runner this often
+WATCHER_SILENCE_FLOOR = 5.0  # a runner gives up on a watcher silent for max(this, --poll-interval)
+WATCHER_START_SECONDS = 20.0  # how long a runner waits for a watcher it started
+WATCHER_ANSWER_SECONDS = 15.0  # how long a runner waits for a watcher's first answer
+WATCHER_BUFFER_LIMIT = 1 << 20  # bytes queued for, or from, one runner before it is cut off
+WATCHER_STALL_SECONDS = 600.0  # a poll cycle stuck this long: stop saying "alive", runners fall back
+WATCHER_LOG_READERS = 8
+SOCKET_PATH_LIMIT = 104  # sun_path holds 108 bytes on Linux  # GetLogEvents calls in flight at once
+FALLBACK_SLOTS = 4  # runners that may load botocore at once to wait by themselves
+FALLBACK_STAGGER = 2.0  # a falling-back runner first waits a random part of this (or the interval)
+THIN_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM")
+# Everything that selects credentials or where calls go: one watcher per distinct set.
+CONTEXT_ENV_PREFIXES = ("AWS_",)
+CONTEXT_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "HOME",
+                     "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE")
+# The thin runner runs this: it compiles the file from this section's heading to the end.
+THIN_BOOTSTRAP = ("import sys\n"
+                  "p = sys.argv[1]\n"
+                  "with open(p, encoding='utf-8') as f:\n"
+                  "    s = f.read()\n"
+                  "i = s.index('\\n# 8. The shared watcher:') + 1\n"
+                  "g = {'__name__': 'ecsbatch_thin', '__file__': p}\n"
+                  "exec('import contextlib, datetime, json, os, sys, time', g)\n"
+                  "import __future__\n"
+                  "exec(compile('\\n' * s.count('\\n', 0, i) + s[i:], p, 'exec',\n"
+                  "             __future__.annotations.compiler_flag, True), g)\n"
+                  "g['thin_main'](sys.argv[2:])\n")
+
+
+def runtime_dirs() -> List[str]:
+    """Where runners register and watchers listen: $XDG_RUNTIME_DIR/ecsbatch, then a private
+    directory under the temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset)."""
+    import tempfile
+
+    dirs = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
+    dirs.append(os.path.join(tempfile.gettempdir(), f"ecsbatch-{os.getuid()}"))
+    return dirs
+
+
+def private_dir(path: str, *, create: bool) -> bool:
+    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
+    import stat
+
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except OSError:
+            pass
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
+    there is no such process or it has exited (a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
+
+
+def credential_context(environ: Mapping[str, str], region: Optional[str], profile: Optional[str]) -> str:
+    """A digest of everything that selects credentials or where calls go: every AWS_* variable,
+    proxies and CA bundles, --region and --profile, and the identity (path, size, mtime) of the
+    config, credential and web-identity token files. Two runs share a watcher only if equal."""
+    import hashlib
+
+    items = sorted((k, v) for k, v in environ.items()
+                   if k.startswith(CONTEXT_ENV_PREFIXES) or k in CONTEXT_ENV_NAMES)
+    files = []
+    for name in CONTEXT_FILES:
+        path = os.path.expanduser(name) if name.startswith("~") else environ.get(name)
+        if path:
+            try:
+                info = os.stat(path)
+                files.append((path, info.st_size, info.st_mtime_ns, info.st_ino))
+            except OSError:
+                files.append((path, None, None, None))
+    text = json.dumps({"uid": os.getuid(), "env": items, "files": files, "region": region, "profile": profile})
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def release_id(path: str) -> str:
+    """What tells two installed releases apart: the protocol and the file itself."""
+    import hashlib
+
+    try:
+        info = os.stat(path)
+        ident = f"{path}:{info.st_size}:{info.st_mtime_ns}"
+    except OSError:
+        ident = path
+    return f"{WATCHER_PROTOCOL}-{hashlib.sha256(ident.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+
+
+def watcher_paths(context: str, release: str) -> Optional[Dict[str, str]]:
+    """The socket, the locks and the ticket key of one watcher, in the first private runtime
+    directory; None when there is none (then there is no watcher)."""
+    for directory in runtime_dirs():
+        if private_dir(directory, create=True):
+            base = os.path.join(directory, f"w{release}-{context[:16]}")
+            paths = {"dir": directory, "socket": base + ".sock", "lock": base + ".lock", "start": base + ".start",
+                     "key": os.path.join(directory, f"w{context[:16]}.key")}
+            if os.environ.get(WATCHER_SOCKET_ENV):
+                paths["socket"] = os.environ[WATCHER_SOCKET_ENV]
+            if len(os.fsencode(paths["socket"])) >= SOCKET_PATH_LIMIT:
+                return None
+            return paths
+    return None
+
+
+def task_ticket(key: bytes, task_arn: str, pid: int, start: Optional[str]) -> str:
+    """What proves that runner `pid` (started at `start`) launched or attached to `task_arn`."""
+    import hashlib
+    import hmac
+
+    return hmac.new(key, f"{task_arn}\n{pid}\n{start}".encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def read_key(path: str, *, create: bool) -> Optional[bytes]:
+    """The ticket key of a context, 0600 in the private directory; a new watcher reuses it, so
+    that runners re-adopt their tasks through it."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags)
+            try:
+                info = os.fstat(fd)
+                data = os.read(fd, 256)
+            finally:
+                os.close(fd)
+            if info.st_uid != os.getuid() or info.st_mode & 0o077 or len(data) < 32:
+                return None
+            return data
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+        except OSError:
+            return None
+    return None
+
+
+def peer_credentials(sock: Any) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    import socket
+    import struct
+
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """One protocol message: a JSON object on one line, datetimes as {"$dt": ISO 8601}."""
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime.datetime):
+            return {"$dt": value.isoformat()}
+        return str(value)
+
+    return (json.dumps(dict(message, v=WATCHER_PROTOCOL), default=default) + "\n").encode("utf-8")
+
+
+def decode_message(line: bytes) -> Dict[str, Any]:
+    """A protocol message back, datetimes restored; a message of another version is refused."""
+    def hook(value: Dict[str, Any]) -> Any:
+        if len(value) == 1 and "$dt" in value:
+            with contextlib.suppress(ValueError, TypeError):
+                return datetime.datetime.fromisoformat(value["$dt"])
+        return value
+
+    message = json.loads(line.decode("utf-8"), object_hook=hook)
+    if not isinstance(message, dict) or message.get("v") != WATCHER_PROTOCOL:
+        raise ValueError(f"protocol {message.get('v') if isinstance(message, dict) else '?'}, "
+                         f"not {WATCHER_PROTOCOL}")
+    return message
+
+
+class LineChannel:
+    """Messages over a blocking Unix stream socket, one JSON line each, with a deadline per read."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def send(self, message: Mapping[str, Any], fds: Optional[List[int]] = None) -> None:
+        import socket
+
+        data = encode_message(message)
+        if fds:
+            sent = socket.send_fds(self.sock, [data], fds)
+            data = data[sent:]
+        self.sock.sendall(data)
+
+    def receive(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
+        """The next message; None at EOF. Raises TimeoutError (socket.timeout) when none came in time,
+        ValueError for a message of another protocol."""
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > WATCHER_BUFFER_LIMIT:
+                raise ValueError("message too long")
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("no answer")
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return decode_message(line)
+
+
+def connect_watcher(path: str, timeout: float) -> Optional[Any]:
+    """A connection to the watcher listening at `path`, checked to run as this user; None if none."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        if peer_credentials(sock)[1] != os.getuid():
+            raise OSError("the watcher's socket belongs to another user")
+    except OSError:
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return sock
+
+
+def socket_owned_by_me(path: str) -> bool:
+    """Is `path` a socket of this user (lstat: a link is not)? Checked before it is used."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
+
+
+def lock_held(path: str) -> bool:
+    """Does a live process hold the flock on `path` (a watcher on its lock file)?"""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> Optional[Any]:
+    """Connect to the watcher of this context, starting it when none listens. One runner starts
+    it (a lock); the others wait for its socket. Returns the connection, or None."""
+    import fcntl
+    import subprocess
+
+    deadline = time.monotonic() + wait
+    started = False
+    while True:
+        if socket_owned_by_me(paths["socket"]):
+            sock = connect_watcher(paths["socket"], min(5.0, max(0.1, deadline - time.monotonic())))
+            if sock is not None:
+                return sock
+        if os.environ.get(WATCHER_SOCKET_ENV):
+            return None  # a socket of systemd's: never start one of ours in its place
+        if not started:
+            try:
+                fd = os.open(paths["start"], os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another runner is starting it
+                os.close(fd)
+            else:
+                try:
+                    started = True
+                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
+                    spawned = time.monotonic()
+                    while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
+                        if time.monotonic() - spawned > 2.0 and not lock_held(paths["lock"]):
+                            return None  # it did not get as far as its lock: it failed to start
+                        time.sleep(0.02)
+                finally:
+                    os.close(fd)
+                continue
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+# --- the thin runner: stdlib only ---------------------------------------------------------------
+
+
+class ThinRunner:
+    """The waiting half of `run` while a watcher does the AWS work: relays log and progress
+    lines, keeps the log tail, owns the deadline and the signals, and at the end execs into the
+    full ecsbatch (the same pid) with what happened, to be judged and printed as always."""
+
+    def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
+        self.state, self.file = state, ecsbatch_file
+        self.signals: List[int] = list(state.get("pending") or [])  # came as the launch handed over
+        self.tail: List[str] = []
+        self.tail_size = 0
+        self.token: Optional[str] = state.get("log_token")
+        self.last_task: Optional[Dict[str, Any]] = state.get("last_task")
+        self.silenced: Dict[str, str] = dict(state.get("silenced") or {})
+        self.syslog = None
+        if state.get("syslog"):
+            import socket
+
+            with contextlib.suppress(OSError):
+                self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self.syslog.connect(state["syslog"])
+                self.syslog.setblocking(False)
+        self.stop_asked = False
+        self.stop_sent = False
+
+    # output
+    def write(self, fd: int, line: str) -> None:
+        """As SilencingWriter writes: a stream that fails is silenced, never the job."""
+        import errno
+        import select
+
+        name = "stdout" if fd == 1 else "stderr"
+        if name in self.silenced:
+            return
+        data = (line + "\n").encode(self.state["encodings"][0 if fd == 1 else 1], "replace")
+        try:
+            while data:
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    select.select([], [fd], [], 1.0)
+        except OSError as exc:
+            self.silenced[name] = "was closed" if exc.errno == errno.EPIPE else f"failed ({exc.strerror or exc})"
+            self.progress(f"{name} {self.silenced[name]}: nothing more is printed there; the job goes on")
+
+    def progress(self, message: str, severity: int = 6) -> None:
+        if self.syslog is not None:
+            with contextlib.suppress(OSError):
+                text = " ".join(message.split())
+                self.syslog.send(f"<{8 + severity}>ecsbatch[{os.getpid()}]: {text}".encode("utf-8", "replace")
+                                 [:self.state["syslog_limit"]])
+        if not self.state["output"]["quiet"]:
+            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            self.write(2, f"{stamp} ecsbatch: {message}")
+
+    def log_line(self, line: str) -> None:
+        if not self.state["output"]["quiet"]:
+            self.write(2 if self.state["as_json"] else 1, line)
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while len(self.tail) > self.state["tail_lines"] and \
+                self.tail_size - len(self.tail[0]) - 1 >= self.state["output"]["limit"]:
+            self.tail_size -= len(self.tail.pop(0)) + 1
+
+    # signals
+    def install_signals(self) -> int:
+        import signal
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        os.set_blocking(read_fd, False)
+        signal.set_wakeup_fd(write_fd)
+        numbers = [getattr(signal, name) for name in THIN_SIGNALS]
+        for signum in numbers:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # nohup: whoever started the job asked it to outlive the session
+            signal.signal(signum, self.on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, numbers)  # blocked by the exec that brought us here
+        return read_fd
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        if len(self.signals) > 1:
+            first = self.signals[0]
+            arn = self.state["task_arn"]
+            said = (f"exiting now; StopTask was sent for task {arn.rsplit('/', 1)[-1]}" if self.stop_sent else
+                    f"exiting now; task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: "
+                    f"{self.state['stop_command']}")
+            import signal
+
+            self.write(2, f"ecsbatch: second {signal.Signals(signum).name}: {said}")
+            self.unregister()
+            os._exit(self.state["exit_for_signal"][str(first)])
+
+    def unregister(self) -> None:
+        for path in self.state.get("registry") or []:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    # the end: exec the full ecsbatch
+    def exec_full(self, resume: Dict[str, Any]) -> None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, [getattr(signal, name) for name in THIN_SIGNALS])
+        resume = self.resume_state(resume)
+        exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
+
+    def fall_back(self, why: str) -> None:
+        """No watcher: wait by ourselves, with botocore, but only a few runners at a time."""
+        import random
+
+        self.progress(f"the watcher {why}; this runner waits on its task by itself")
+        if not self.signals:
+            pause = random.uniform(0.0, min(FALLBACK_STAGGER, float(self.state["poll_interval"])))
+            self.wait_for_signal(pause)
+        slot = None
+        while not self.signals and slot is None:
+            slot = take_fallback_slot(self.state["paths"]["dir"])
+            if slot is None:
+                self.wait_for_signal(0.25)
+        self.exec_full({"mode": "adopt"})
+
+    def wait_for_signal(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.signals and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+    # the watcher
+    def connect(self, silence: float) -> Optional[LineChannel]:
+        """Hand our task to the watcher, or to a new one when none lives (its lock is free)."""
+        paths = self.state["paths"]
+        start = not lock_held(paths["lock"]) and not os.environ.get(WATCHER_SOCKET_ENV)
+        sock = (start_watcher(self.state["watcher_command"], paths, WATCHER_START_SECONDS) if start
+                else connect_watcher(paths["socket"], silence) if socket_owned_by_me(paths["socket"]) else None)
+        if sock is None:
+            return None
+        channel = LineChannel(sock)
+        try:
+            channel.send({"op": "watch", "context": self.state["context"], "task_arn": self.state["task_arn"],
+                          "cluster": self.state["cluster"], "ticket": self.state["ticket"],
+                          "poll_interval": self.state["poll_interval"], "missing_grace": self.state["missing_grace"],
+                          "started": self.state["started"], "log_source": self.state["log_source"],
+                          "log_token": self.token, "last_task": self.last_task, "region": self.state["region"],
+                          "profile": self.state["profile"], "timeout_text": self.state["timeout_text"]})
+            answer = channel.receive(silence)  # a watcher that hangs is noticed as fast as in the wait
+        except (OSError, ValueError):
+            answer = None
+        if not answer or answer.get("op") != "watching":
+            sock.close()
+            return None
+        return channel
+
+    def resume_state(self, resume: Dict[str, Any]) -> Dict[str, Any]:
+        if self.signals and "interrupted_by" not in resume and resume.get("mode") == "adopt":
+            resume["interrupted_by"] = self.signals[0]
+        resume.update(state=self.state, tail=self.tail, log_token=self.token, last_task=self.last_task,
+                      stop_asked=self.stop_asked, silenced=self.silenced)
+        return resume
+
+    def finish(self, channel: LineChannel, final: Dict[str, Any]) -> None:
+        """The watcher's warm launcher judges and prints, with our streams and the same code as
+        the full ecsbatch (and from memory: a release pruned meanwhile does not matter); if it
+        cannot, the full ecsbatch does it here."""
+        resume = self.resume_state({"mode": "final", "final": final})
+        try:
+            channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
+            while True:
+                answer = channel.receive(WATCHER_ANSWER_SECONDS * 4)
+                if answer is None or answer.get("op") in ("exit", "refused"):
+                    break
+        except (OSError, ValueError):
+            answer = None
+        if answer is not None and answer.get("op") == "exit":
+            self.unregister()
+            os._exit(int(answer.get("code") or 0))
+        channel.sock.close()
+        self.exec_full(resume)
+
+    def handle(self, channel: LineChannel, message: Dict[str, Any]) -> None:
+        op = message.get("op")
+        for line in message.get("progress") or []:
+            self.progress(line)
+        for line in message.get("lines") or []:
+            self.log_line(line)
+        if "token" in message:
+            self.token = message["token"]
+        if message.get("task") is not None:
+            self.last_task = message["task"]
+        if message.get("stop_sent"):
+            self.stop_sent = True
+        if op == "final":
+            self.finish(channel, message)
+        elif op == "refused":  # the watcher could not end the watch: we do it, with the same code
+            channel.sock.close()
+            self.fall_back(f"could not end the wait ({message.get('why')})")
+
+    def run(self) -> None:
+        import select
+
+        wake = self.install_signals()
+        # It says "alive" every second: silence longer than a poll interval (within bounds) is a hang.
+        silence = max(WATCHER_SILENCE_FLOOR, min(float(self.state["poll_interval"]), 30.0))
+        deadline = self.state.get("deadline")
+        channel = self.connect(silence)
+        if channel is None:
+            self.fall_back("could not take the task over")
+        heard = time.monotonic()
+        reconnected = False
+        while True:
+            if self.signals and not self.stop_asked:
+                self.ask_stop(channel, {"signal": self.signals[0]})
+            if deadline is not None and time.monotonic() >= deadline and not self.stop_asked:
+                self.ask_stop(channel, {"timeout": True})
+            wait = silence - (time.monotonic() - heard)
+            if deadline is not None and not self.stop_asked:
+                wait = min(wait, deadline - time.monotonic())
+            if b"\n" in channel.buffer:  # a whole message is here already
+                ready = [channel.sock]
+            else:
+                ready = select.select([channel.sock, wake], [], [], max(0.0, wait))[0]
+            if wake in ready:
+                with contextlib.suppress(OSError):
+                    os.read(wake, 64)
+            if channel.sock in ready:
+                try:
+                    message = channel.receive(0.0)  # never wait on half a message: signals come first
+                except TimeoutError:
+                    heard = time.monotonic()  # it is talking
+                    continue
+                except (OSError, ValueError):
+                    message = None
+                if message is None:  # the watcher went away: a new one may take over
+                    channel.sock.close()
+                    again = None if reconnected or self.stop_asked else self.connect(silence)
+                    if again is None:
+                        self.fall_back("went away")
+                    channel, reconnected, heard = again, True, time.monotonic()
+                    continue
+                heard = time.monotonic()
+                self.handle(channel, message)
+            elif time.monotonic() - heard >= silence:
+                channel.sock.close()
+                self.fall_back(f"said nothing for {silence:g}s")
+
+    def ask_stop(self, channel: LineChannel, why: Dict[str, Any]) -> None:
+        try:
+            channel.send(dict(why, op="stop"))
+            self.stop_asked = True
+        except OSError:
+            self.fall_back("could not be asked to stop the task")
+
+
+def take_fallback_slot(directory: str) -> Optional[int]:
+    """One of FALLBACK_SLOTS flock'ed files, held (across exec) until this process exits."""
+    import fcntl
+
+    for number in range(FALLBACK_SLOTS):
+        path = os.path.join(directory, f"fallback.{number}.lock")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        os.set_inheritable(fd, True)
+        return fd
+    return None
+
+
+def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
+    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
+    last argument when `extra` is given (the thin runner)."""
+    fd = os.memfd_create("ecsbatch-state", 0)
+    data = encode_message(state)
+    while data:
+        data = data[os.write(fd, data):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    env = dict(os.environ)
+    if extra is not None:
+        argv = argv + [str(fd)] + extra
+        env.pop(RESUME_FD_ENV, None)
+    else:
+        env[RESUME_FD_ENV] = str(fd)
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running\n".encode())
+        os._exit(125)
+
+
+def read_state(fd: int) -> Dict[str, Any]:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return decode_message(b"".join(chunks).rstrip(b"\n"))
+
+
+def thin_main(argv: List[str]) -> None:
+    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py FD SCRIPT ARGS...`: the thin runner."""
+    ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
+
+
+# --- full ecsbatch: the runner's side of a launch, the resumed ending, the watcher -------------
+# (these use sections 1-7 and are never called by the thin runner)
+
+WATCHER_CHILD: Optional[Dict[str, Any]] = None  # set in a launch child: whom to hand the task to
+RESUME_STATE: Optional[Dict[str, Any]] = None  # set in a finishing child: the job to judge
+ECSBATCH_FILE = os.path.abspath(__file__)
+
+
+def watcher_wanted(*, dry_run: bool, debug: bool) -> bool:
+    """ECSBATCH_WATCHER=on, a real launch, and a system that has what the watcher needs."""
+    import socket
+
+    return (os.environ.get(WATCHER_ENV, "off").strip().lower() in ("on", "1", "yes", "true")
+            and not dry_run and not debug and WATCHER_CHILD is None and sys.platform.startswith("linux")
+            and hasattr(socket, "send_fds") and hasattr(os, "memfd_create"))
+
+
+def watcher_command(region: Optional[str], profile: Optional[str]) -> List[str]:
+    command = [sys.executable, ECSBATCH_FILE, "watcher", "--detach"]
+    if os.environ.get(WATCHER_IDLE_ENV):
+        command += ["--idle", os.environ[WATCHER_IDLE_ENV]]
+    return command + (["--region", region] if region else []) + (["--profile", profile] if profile else [])
+
+
+def standard_fds() -> List[int]:
+    """fds 0, 1 and 2 to lend to the launch: /dev/null in place of one that is closed."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+def launch_through_watcher(args: List[str], *, region: Optional[str], profile: Optional[str],
+                           own_key: Optional[str]) -> None:
+    """Full, in the runner: have the watcher launch this job, then become the thin runner.
+    Returns (having launched nothing) when the watcher cannot be used: then the run goes on
+    by itself, as without the watcher."""
+    context = credential_context(os.environ, region, profile)
+    paths = watcher_paths(context, release_id(ECSBATCH_FILE))
+    if paths is None:
+        return
+    sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
+    if sock is None:
+        progress("no watcher could be started or reached; this run waits by itself")
+        return
+    channel = LineChannel(sock)
+    if own_key:
+        register_runner(own_key)  # this pid stays the runner's, thin or full
+    try:
+        channel.send({"op": "hello", "context": context, "release": __version__})
+        answer = channel.receive(WATCHER_ANSWER_SECONDS)
+        if not answer or answer.get("op") != "hello":
+            raise ValueError((answer or {}).get("why") or "no answer")
+        pid, start = os.getpid(), process_start_time(os.getpid())
+        channel.send({"op": "launch", "context": context, "argv": args, "cwd": os.getcwd(), "env": dict(os.environ),
+                      "region": region, "profile": profile,
+                      "encodings": [getattr(sys.stdout, "encoding", None) or "utf-8",
+                                    getattr(sys.stderr, "encoding", None) or "utf-8"],
+                      "runner": {"pid": pid, "start": start, "registry": RUNNER_FILES}}, fds=standard_fds())
+        answer = channel.receive(WATCHER_ANSWER_SECONDS)
+        if not answer or answer.get("op") != "launching":
+            raise ValueError((answer or {}).get("why") or "no answer")
+    except (OSError, ValueError) as exc:  # nothing was launched: the launch child never got "go"
+        sock.close()
+        progress(f"the watcher cannot be used ({one_line(exc)}); this run waits by itself")
+        return
+    child = int(answer["pid"])
+    received: List[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        with contextlib.suppress(OSError):
+            os.kill(child, signum)
+
+    for signum in EXIT_FOR_SIGNAL:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, forward)
+    channel.send({"op": "go"})
+    while True:
+        try:
+            message = channel.receive(None)
+        except (OSError, ValueError):
+            message = None
+        if message is None:
+            raise AwsError("the watcher's launch process ended without a word; a task may have been launched: "
+                           f"{'ecsbatch stop --job-key ' + shown(own_key) if own_key else 'see ecsbatch status'}")
+        if message.get("op") == "exit":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            raise SystemExit(int(message.get("code") or 0))
+        if message.get("op") == "handoff":
+            break
+    # `ps` shows the job's own command line after the state's fd; the end runs the same script.
+    script = sys.argv[0] if os.path.isfile(sys.argv[0]) else ECSBATCH_FILE
+    state = dict(message["state"], argv=args, script=os.path.abspath(script), context=context, paths=paths,
+                 registry=list(RUNNER_FILES), watcher_command=watcher_command(region, profile), pending=received[:1])
+    signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
+    sock.close()
+    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE], state,
+                    extra=[script] + args)
+
+
+WAITING_TO_RUN = ("", "PROVISIONING", "PENDING", "ACTIVATING")  # a task may still fail to start
+
+
+def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, timeout: Optional[float],
+                       timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
+                       region: Optional[str], profile: Optional[str], missing_grace: float,
+                       attempts: Optional[AttemptLog], until_running: bool) -> Optional[int]:
+    """Full, in a launch child, where the wait begins: give the task to the runner and exit.
+
+    With `until_running`, this process first waits (its own polls) until the task runs, since a
+    task that fails to start for lack of capacity is launched again from here. Returns, and the
+    child waits as `run` always does, when there is no runner to give it to, the task ended or
+    vanished first, or a signal came: that signal (then the task is stopped), else None."""
+    child = WATCHER_CHILD
+    if child is None or guard.received is not None:
+        return None
+    task_arn, cluster, counted, definition = target.task["taskArn"], target.cluster, target.counted, target.definition
+    deadline = None if timeout is None else watch.started + timeout
+    if until_running:
+        first = True
+        try:
+            with guard.interruptible():
+                while (watch.last_status or "") in WAITING_TO_RUN:
+                    delay = next_poll_delay(poll_interval, watch.rng, first=first)
+                    first = False
+                    if deadline is not None:
+                        if time.monotonic() >= deadline:
+                            return None
+                        delay = min(delay, max(0.0, deadline - time.monotonic()))
+                    time.sleep(delay)
+                    watch.poll()
+        except Interrupted as interrupt:
+            return interrupt.signum
+        except TaskMissing:
+            return None  # the wait here says so, by the same rules
+        if watch.last_status == "STOPPED":
+            return None
+    source, where = container_log_source(definition, counted[0], task_arn) if logs else (None, None)
+    if logs:  # what open_log_follower says
+        progress(where if source is None else f"streaming the log of {counted[0]} from {where}")
+    runner = child["runner"]
+    state = {
+        "task_arn": task_arn, "cluster": cluster, "definition": definition, "counted": counted,
+        "timeout": timeout, "timeout_text": timeout_text or "", "poll_interval": poll_interval, "logs": logs,
+        "as_json": as_json, "region": region, "profile": profile, "missing_grace": missing_grace,
+        "started": watch.started, "deadline": deadline, "last_task": watch.last_task,
+        "log_source": list(source) if source is not None else None, "where": where,
+        "attempts": None if attempts is None else {"launches": attempts.launches, "reruns": attempts.reruns,
+                                                   "task_arns": attempts.task_arns},
+        "ticket": task_ticket(child["key"], task_arn, runner["pid"], runner["start"]) + ":" +
+        task_ticket(child["key"], cluster or "", runner["pid"], runner["start"]),
+        "encodings": child["encodings"], "tail_lines": LOG_TAIL_LINES,
+        "exit_for_signal": {str(int(k)): v for k, v in EXIT_FOR_SIGNAL.items()},
+        "stop_command": stop_command(cluster, task_arn),
+        "output": {"quiet": OUTPUT.quiet, "limit": OUTPUT.limit, "stderr_used": OUTPUT.stderr_used},
+        "syslog": os.environ.get("ECSBATCH_SYSLOG_SOCKET", SYSLOG_SOCKET) if OUTPUT.syslog is not None else None,
+        "syslog_limit": SYSLOG_MESSAGE_LIMIT,
+        "silenced": {name: getattr(getattr(sys, name), "buffer", None).silenced for name in ("stdout", "stderr")
+                     if getattr(getattr(getattr(sys, name), "buffer", None), "silenced", None)},
+    }
+    for signum in EXIT_FOR_SIGNAL:  # from here on the runner owns the signals
+        signal.signal(signum, signal.SIG_IGN)
+    if guard.received is not None:
+        guard.install()
+        return None
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a runner killed meanwhile leaves its task running, as always
+        child["channel"].send({"op": "handoff", "state": state})
+    os._exit(0)
+
+
+def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: bytes, loader: Any) -> None:
+    """Full, in a child of the zygote: become the runner's `run` up to the launch, with its
+    stdin, stdout, stderr, directory, environment and arguments."""
+    import socket
+
+    global WATCHER_CHILD, _botocore_session
+    for signum in list(EXIT_FOR_SIGNAL) + [signal.SIGCHLD]:
+        signal.signal(signum, signal.SIG_DFL)
+    channel = LineChannel(socket.socket(fileno=conn_fd))
+    finishing = message.get("kind") == "finish"
+    if finishing:  # the end of a job a thin runner waited on: judge and print, as the full ecsbatch would
+        global RESUME_STATE
+        RESUME_STATE = message["resume"]
+        state = RESUME_STATE["state"]
+        message = dict(message, cwd="/", env=dict(os.environ, ECSBATCH_SYSLOG_SOCKET=state.get("syslog") or ""),
+                       encodings=state["encodings"], argv=state["argv"], runner={})
+    else:
+        try:
+            channel.send({"op": "launching", "pid": os.getpid()})
+            go = channel.receive(WATCHER_ANSWER_SECONDS * 2)
+        except (OSError, ValueError):
+            go = None
+        if not go or go.get("op") != "go":
+            os._exit(0)  # the runner gave up on us: it launches by itself, we launch nothing
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(message["cwd"])
+    os.environ.clear()
+    os.environ.update(message["env"])
+    for target, name, encoding in ((1, "stdout", message["encodings"][0]), (2, "stderr", message["encodings"][1])):
+        setattr(sys, name, io.TextIOWrapper(io.FileIO(target, "w", closefd=False), encoding=encoding,
+                                            errors="replace", line_buffering=True))
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    # A session of the runner's own environment; only the parsed models are shared.
+    import botocore.session
+
+    _botocore_session = botocore.session.get_session()
+    if loader is not None:
+        _botocore_session.register_component("data_loader", loader)
+    if not finishing:
+        WATCHER_CHILD = {"channel": channel, "runner": message["runner"], "key": key,
+                         "encodings": message["encodings"]}
+    RUNNER_FILES[:] = list(message["runner"].get("registry") or [])
+    code: Any = 0
+    try:
+        main(list(message["argv"]))
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:  # main() answers for everything; this is only a last word
+        code = EXIT_ECS_FAILURE
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        channel.send({"op": "exit", "code": code})
+    os._exit(0)
+
+
+class TailOnly:
+    """What report_outcome reads of a follower, for a log that the watcher read."""
+
+    def __init__(self, tail: List[str]) -> None:
+        self.tail = tail
+
+
+def outcome_from_watcher(final: Mapping[str, Any], counted: List[str], *, cluster: Optional[str],
+                         task_arn: str) -> Outcome:
+    """Full, pure: the outcome of what the watcher saw, by the same rules as supervise()."""
+    how = final.get("how")
+    if how == "stopped":
+        return judge_stopped_task(final["task"], counted)
+    attempt = StopAttempt(**final["attempt"])
+    if how == "missing":
+        return judge_missing(final["message"], attempt, cluster=cluster, task_arn=task_arn,
+                             last_seen=final.get("task"))
+    code, kind, message = final["ending"]
+    return judge_after_stop(Outcome(int(code), kind, message), attempt, counted, cluster=cluster, task_arn=task_arn)
+
+
+def resume_job(resume: Dict[str, Any]) -> int:
+    """Full, after the thin runner: judge and print what the watcher saw ("final"), or wait on
+    the task by ourselves ("adopt", when the watcher is gone), as `run` does from launch on."""
+    import atexit
+
+    state = resume["state"]
+    OUTPUT.quiet, OUTPUT.limit = state["output"]["quiet"], state["output"]["limit"]
+    OUTPUT.stderr_used, OUTPUT.task_arn = state["output"]["stderr_used"], state["task_arn"]
+    OUTPUT.as_json = OUTPUT.as_json or state["as_json"]
+    OUTPUT.use_syslog()
+    for name, why in (resume.get("silenced") or {}).items():  # said once, by the thin runner
+        writer = getattr(getattr(sys, name), "buffer", None)
+        if isinstance(writer, SilencingWriter):
+            writer.silenced = why
+    for path in state.get("registry") or []:
+        atexit.register(unregister_runner, path)
+    guard = SignalGuard()
+    guard.install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, list(EXIT_FOR_SIGNAL))
+    task_arn, cluster, counted = state["task_arn"], state["cluster"], state["counted"]
+    attempts: Optional[AttemptLog] = None
+    if state.get("attempts"):
+        attempts = AttemptLog()
+        attempts.launches, attempts.reruns = state["attempts"]["launches"], state["attempts"]["reruns"]
+        attempts.task_arns = list(state["attempts"]["task_arns"])
+    with guard.hold():
+        if resume["mode"] == "final":
+            outcome = outcome_from_watcher(resume["final"], counted, cluster=cluster, task_arn=task_arn)
+            follower: Any = TailOnly(list(resume.get("tail") or [])) if state["log_source"] else None
+            where, elapsed = state["where"], time.monotonic() - state["started"]
+        else:
+            ecs = make_client("ecs", state["region"], state["profile"])
+            KnownTask.remember(ecs, cluster, task_arn)
+            watched = watch_one_task(Target(ecs, cluster, {"taskArn": task_arn}, state["definition"], counted), guard,
+                                     timeout=state["timeout"], timeout_text=state["timeout_text"],
+                                     poll_interval=state["poll_interval"], logs=state["logs"],
+                                     as_json=state["as_json"], region=state["region"], profile=state["profile"],
+                                     interrupted_by=resume.get("interrupted_by"), missing_grace=state["missing_grace"],
+                                     resumed=resume)
+            outcome, follower, where, elapsed = watched.outcome, watched.follower, watched.where, watched.elapsed
+        report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=follower, where=where,
+                       as_json=state["as_json"], elapsed=elapsed, attempts=attempts)
+    return outcome.exit_code
+
+
+class WatchedTask:
+    """The watcher's view of one runner's task: all of it comes from the runner."""
+
+    def __init__(self, conn: Any, request: Mapping[str, Any]) -> None:
+        import threading
+
+        self.conn = conn
+        self.arn, self.cluster = request["task_arn"], request["cluster"]
+        self.interval = float(request["poll_interval"])
+        self.started = float(request["started"])
+        self.missing_grace = float(request["missing_grace"])
+        self.timeout_text = request.get("timeout_text") or ""
+        self.source = LogSource(*request["log_source"]) if request.get("log_source") else None
+        self.token = request.get("log_token")
+        self.last_task = request.get("last_task")
+        self.next_due = 0.0
+        self.finishing = False
+        self.lock = threading.Lock()
+        self.watch: Any = None
+        self.follower: Any = None
+        self.reported_status: Optional[str] = None
+
+
+class Watcher:
+    """Full: the shared watcher. The main thread owns the sockets (non-blocking, bounded
+    buffers: a runner that does not read is cut off, never waited for); one thread polls every
+    task with one DescribeTasks per cluster and interval; log reads run in a small pool on the
+    same clock; stops run in threads of their own."""
+
+    def __init__(self, listen: Any, zygote: Any, context: str, key: bytes, idle: float, region: Optional[str],
+                 profile: Optional[str]) -> None:
+        import queue
+        import selectors
+        import threading
+
+        self.listen, self.zygote, self.context, self.key, self.idle = listen, zygote, context, key, idle
+        self.region, self.profile = region, profile
+        self.selector = selectors.DefaultSelector()
+        self.outbox: "queue.Queue[Tuple[Any, Dict[str, Any]]]" = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.conns: Dict[Any, Dict[str, Any]] = {}
+        self.tasks: Dict[Any, WatchedTask] = {}
+        self.lock = threading.Lock()
+        self.poll_event = threading.Event()
+        self.cycle_at = time.monotonic()
+        self.last_busy = time.monotonic()
+        self.ecs = make_client("ecs", region, profile)
+        self.logs_clients: Dict[Optional[str], Any] = {}
+
+    # --- the socket loop (main thread) ---
+    def serve(self) -> None:
+        import selectors
+        import threading
+
+        self.listen.setblocking(False)
+        self.selector.register(self.listen, selectors.EVENT_READ, "listen")
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        threading.Thread(target=self.poll_loop, daemon=True).start()
+        last_beat = 0.0
+        while True:
+            for key, events in self.selector.select(0.25):
+                if key.data == "listen":
+                    self.accept()
+                elif key.data == "wake":
+                    with contextlib.suppress(OSError):
+                        os.read(self.wake_r, 4096)
+                else:
+                    if events & selectors.EVENT_READ:
+                        self.read(key.fileobj)
+                    if events & selectors.EVENT_WRITE and key.fileobj in self.conns:
+                        self.flush(key.fileobj)
+            while not self.outbox.empty():
+                conn, message = self.outbox.get_nowait()
+                self.queue(conn, message)
+            now = time.monotonic()
+            if now - last_beat >= WATCHER_HEARTBEAT and now - self.cycle_at < WATCHER_STALL_SECONDS:
+                last_beat = now
+                for conn in list(self.tasks):
+                    self.queue(conn, {"op": "alive"})
+            if self.conns or self.tasks:
+                self.last_busy = now
+            elif now - self.last_busy >= self.idle:
+                return
+
+    def accept(self) -> None:
+        import selectors
+
+        while True:
+            try:
+                conn, _ = self.listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                pid, uid, _ = peer_credentials(conn)
+            except OSError:
+                conn.close()
+                continue
+            if uid != os.getuid():  # SO_PEERCRED: only this user's runners
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.conns[conn] = {"in": b"", "out": b"", "pid": pid, "fds": []}
+            self.selector.register(conn, selectors.EVENT_READ, "conn")
+
+    def read(self, conn: Any) -> None:
+        import socket
+
+        state = self.conns.get(conn)
+        if state is None:
+            return
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        state["fds"].extend(fds)
+        if not data:
+            self.drop(conn)
+            return
+        state["in"] += data
+        if len(state["in"]) > WATCHER_BUFFER_LIMIT:
+            self.drop(conn)
+            return
+        while conn in self.conns and b"\n" in state["in"]:
+            line, state["in"] = state["in"].split(b"\n", 1)
+            try:
+                message = decode_message(line)
+            except ValueError as exc:
+                self.queue(conn, {"op": "refused", "why": f"watcher speaks protocol {WATCHER_PROTOCOL}: {exc}"})
+                continue
+            self.handle(conn, state, message)
+
+    def handle(self, conn: Any, state: Dict[str, Any], message: Dict[str, Any]) -> None:
+        op = message.get("op")
+        if op not in ("stop",) and message.get("context") != self.context:
+            self.queue(conn, {"op": "refused", "why": "another credential context"})
+            return
+        if op == "hello":
+            self.queue(conn, {"op": "hello", "release": __version__})
+        elif op == "launch":
+            fds, state["fds"] = state["fds"], []
+            env_context = credential_context(message.get("env") or {}, message.get("region"), message.get("profile"))
+            runner = message.get("runner") or {}
+            if len(fds) != 3 or env_context != self.context or runner.get("pid") != state["pid"]:
+                for fd in fds:
+                    os.close(fd)
+                self.queue(conn, {"op": "refused", "why": "a launch must come from the runner, with its three streams"})
+                return
+            self.to_zygote(conn, dict(message, kind="launch"), fds)
+        elif op == "watch":
+            start = process_start_time(state["pid"])
+            expected = task_ticket(self.key, str(message.get("task_arn")), state["pid"], start) + ":" + \
+                task_ticket(self.key, message.get("cluster") or "", state["pid"], start)
+            import hmac
+
+            if conn in self.tasks or not hmac.compare_digest(str(message.get("ticket")), expected):
+                self.queue(conn, {"op": "refused", "why": "this runner did not start or attach to that task"})
+                return
+            task = WatchedTask(conn, message)
+            with self.lock:  # join the next cycle, so that one DescribeTasks still covers every task
+                cycles = [t.next_due for t in self.tasks.values() if not t.finishing]
+            now = time.monotonic()
+            task.next_due = min(cycles) if cycles and min(cycles) - now <= task.interval else now
+            task.watch = self.batch_watch(task)
+            if task.source is not None:
+                task.follower = self.relay_follower(task)
+            with self.lock:
+                self.tasks[conn] = task
+            self.queue(conn, {"op": "watching"})
+            self.poll_event.set()
+        elif op == "finish" and conn in self.tasks:
+            fds, state["fds"] = state["fds"], []
+            resume = message.get("resume") or {}
+            if len(fds) != 3 or (resume.get("state") or {}).get("task_arn") != self.tasks[conn].arn:
+                for fd in fds:
+                    os.close(fd)
+                self.queue(conn, {"op": "refused", "why": "a runner finishes its own task, with its streams"})
+                return
+            self.to_zygote(conn, {"kind": "finish", "resume": resume}, fds)
+        elif op == "stop" and conn in self.tasks:
+            task = self.tasks[conn]
+            cause = Interrupted(int(message["signal"])) if message.get("signal") is not None else TimeoutExpired()
+            self.finish(task, self.stop_task, ending_for(cause, timeout_text=task.timeout_text))
+
+    def to_zygote(self, conn: Any, message: Mapping[str, Any], fds: List[int]) -> None:
+        """A child of the zygote takes this runner's connection and streams from here on."""
+        import socket
+
+        try:
+            socket.send_fds(self.zygote, [encode_message(message)], [conn.fileno()] + fds)
+        except OSError:
+            self.queue(conn, {"op": "refused", "why": "the launcher is gone"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.drop(conn)
+
+    def queue(self, conn: Any, message: Mapping[str, Any]) -> None:
+        import selectors
+
+        state = self.conns.get(conn)
+        if state is None:
+            return
+        state["out"] += encode_message(message)
+        if len(state["out"]) > WATCHER_BUFFER_LIMIT:  # a runner stopped or too slow to read: cut off
+            self.drop(conn)
+            return
+        self.flush(conn)
+        if conn in self.conns:
+            self.selector.modify(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if state["out"] else 0), "conn")
+
+    def flush(self, conn: Any) -> None:
+        state = self.conns[conn]
+        try:
+            while state["out"]:
+                state["out"] = state["out"][conn.send(state["out"]):]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.drop(conn)
+
+    def drop(self, conn: Any, quiet: bool = False) -> None:
+        """A runner gone without a word (killed, or re-exec'd to wait by itself) leaves its task
+        running, as a killed runner always has: a rerun with its key attaches to it."""
+        state = self.conns.pop(conn, None)
+        with self.lock:
+            task = self.tasks.pop(conn, None)
+        if task is not None:
+            task.finishing = True
+        with contextlib.suppress(Exception):
+            self.selector.unregister(conn)
+        for fd in (state or {}).get("fds", []):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        conn.close()
+
+    def send(self, conn: Any, message: Dict[str, Any]) -> None:
+        """From any thread: hand a message to the socket loop."""
+        self.outbox.put((conn, message))
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"x")
+
+    # --- polling (one thread) ---
+    def batch_watch(self, task: WatchedTask) -> Watch:
+        watcher = self
+
+        class BatchAnswer:
+            """DescribeTasks as the batch call of this cycle answered it for this one task."""
+
+            def describe_tasks(self, **kwargs: Any) -> Dict[str, Any]:
+                answer = watcher.answers.get(task.cluster)
+                if isinstance(answer, AwsError):
+                    raise answer
+                tasks = [t for t in (answer or {}).get("tasks", []) if t.get("taskArn") == task.arn]
+                failures = [f for f in (answer or {}).get("failures", []) if f.get("arn") == task.arn]
+                return {"tasks": tasks, "failures": failures}  # neither: no word on it, as for one task
+
+        watch = Watch(BatchAnswer(), task.cluster, task.arn, poll_interval=task.interval,
+                      missing_grace=task.missing_grace, started=task.started)
+        if task.last_task:
+            watch.last_task, watch.last_status = task.last_task, task.last_task.get("lastStatus")
+            task.reported_status = watch.last_status
+        return watch
+
+    def relay_follower(self, task: WatchedTask) -> Any:
+        region = task.source.region or self.region
+        with self.lock:
+            if region not in self.logs_clients:
+                self.logs_clients[region] = make_client("logs", region, self.profile)
+            client = self.logs_clients[region]
+
+        class RelayFollower(LogFollower):
+            """The log lines go to the runner, which prints and keeps them."""
+
+            def _print(self, line: str) -> None:
+                self.outbox.append(line)
+
+            def _keep(self, line: str) -> None:
+                pass
+
+        follower = RelayFollower(client, task.source, to_stderr=False)
+        follower.outbox = []
+        follower.token = task.token
+        return follower
+
+    def poll_loop(self) -> None:
+        import concurrent.futures
+
+        self.answers: Dict[Optional[str], Any] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(WATCHER_LOG_READERS)
+        while True:
+            self.cycle_at = time.monotonic()
+            with self.lock:
+                live = [t for t in self.tasks.values() if not t.finishing]
+            now = time.monotonic()
+            due = [t for t in live if now >= t.next_due]
+            if not due:
+                wait = min([t.next_due for t in live], default=now + 1.0) - now
+                self.poll_event.wait(max(0.01, min(wait, 1.0)))
+                self.poll_event.clear()
+                continue
+            by_cluster: Dict[Optional[str], List[WatchedTask]] = {}
+            for task in due:
+                by_cluster.setdefault(task.cluster, []).append(task)
+            self.answers = {}
+            for cluster, tasks in by_cluster.items():
+                merged: Dict[str, List[Any]] = {"tasks": [], "failures": []}
+                arns = [t.arn for t in tasks]
+                try:
+                    with aws_errors_as():
+                        for first in range(0, len(arns), DESCRIBE_TASKS_BATCH):
+                            answer = self.ecs.describe_tasks(**cluster_arg(cluster),
+                                                             tasks=arns[first:first + DESCRIBE_TASKS_BATCH])
+                            merged["tasks"] += answer.get("tasks", [])
+                            merged["failures"] += answer.get("failures", [])
+                    self.answers[cluster] = merged
+                except AwsError as exc:
+                    self.answers[cluster] = exc
+            reads = {task: pool.submit(self.poll_one, task) for task in due}
+            for task, future in reads.items():
+                task.next_due = now + task.interval
+                try:
+                    future.result()
+                except Exception:  # one task's trouble is never every task's
+                    import logging
+
+                    logging.getLogger("ecsbatch").debug("polling one task failed", exc_info=True)
+
+    def poll_one(self, task: WatchedTask) -> None:
+        said: List[str] = []
+        with task.lock:
+            if task.finishing:
+                return
+            with progress_to(said.append):
+                try:
+                    found = task.watch.poll()
+                except TaskMissing as missing:
+                    self.finish(task, self.missing_task, str(missing), said=said)
+                    return
+                if found is not None and found.get("lastStatus") == "STOPPED":
+                    self.finish(task, self.stopped_task, found, said=said)
+                    return
+                lines = self.read_logs(task)
+            message: Dict[str, Any] = {"op": "tick", "progress": said, "lines": lines,
+                                       "token": task.follower.token if task.follower is not None else None}
+            if found is not None and found.get("lastStatus") != task.reported_status:
+                task.reported_status = found.get("lastStatus")
+                message["task"] = found
+            self.send(task.conn, message)
+
+    def read_logs(self, task: WatchedTask, drain: bool = False) -> List[str]:
+        if task.follower is None:
+            return []
+        if drain:
+            task.follower.drain()
+        else:
+            task.follower.poll()
+        lines, task.follower.outbox = task.follower.outbox, []
+        return lines
+
+    # --- endings (a thread each) ---
+    def finish(self, task: WatchedTask, how: Callable[..., Dict[str, Any]], *args: Any,
+               said: Optional[List[str]] = None) -> None:
+        """End the watch of one task in a thread of its own; the final message goes last."""
+        import threading
+
+        with self.lock:
+            if task.finishing:
+                return
+            task.finishing = True
+        if said:
+            self.send(task.conn, {"op": "tick", "progress": said})
+
+        def run_it() -> None:
+            def tell(line: str) -> None:  # as it happens: "stopping task …" must not wait for the end
+                self.send(task.conn, {"op": "tick", "progress": [line]})
+
+            try:
+                with task.lock, progress_to(tell):
+                    final = how(task, *args)
+            except Exception as exc:  # the runner waits by itself rather than hear nothing
+                import logging
+
+                logging.getLogger("ecsbatch").debug("ending a task failed", exc_info=True)
+                self.send(task.conn, {"op": "refused", "why": f"{type(exc).__name__}: {one_line(exc)}"})
+                return
+            lines = final.pop("lines", [])
+            self.send(task.conn, dict(final, op="final", lines=lines,
+                                      token=task.follower.token if task.follower is not None else None))
+
+        threading.Thread(target=run_it, daemon=True).start()
+
+    def real_watch(self, task: WatchedTask) -> Watch:
+        watcher, real = self, self.ecs
+
+        class TellingClient:
+            """The ECS client, and the runner hears at once when StopTask has gone out."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def stop_task(self, **kwargs: Any) -> Any:
+                answer = real.stop_task(**kwargs)
+                watcher.send(task.conn, {"op": "tick", "stop_sent": True})
+                return answer
+
+        watch = Watch(TellingClient(), task.cluster, task.arn, poll_interval=task.interval,
+                      missing_grace=task.missing_grace, started=task.started)
+        watch.last_task, watch.last_status = task.watch.last_task, task.watch.last_status
+        watch.polled = True
+        return watch
+
+    def stopped_task(self, task: WatchedTask, found: Dict[str, Any]) -> Dict[str, Any]:
+        return {"how": "stopped", "task": found, "lines": self.read_logs(task, drain=True)}
+
+    def missing_task(self, task: WatchedTask, why: str) -> Dict[str, Any]:
+        attempt = self.real_watch(task).stop(why, confirm=False)
+        return {"how": "missing", "message": why, "attempt": attempt._asdict(), "task": task.watch.last_task}
+
+    def stop_task(self, task: WatchedTask, ending: Outcome) -> Dict[str, Any]:
+        attempt = self.real_watch(task).stop(ending.message)
+        return {"how": "stop", "ending": [ending.exit_code, ending.kind, ending.message], "attempt": attempt._asdict(),
+                "lines": self.read_logs(task, drain=True)}
+
+
+def zygote_loop(sock: Any, key: bytes) -> None:
+    """Full, single-threaded, forked from the watcher once its models are loaded: fork one
+    launch child per request, so that a launch costs a fork, not an import of botocore."""
+    import socket
+
+    def reap(signum: int, frame: Any) -> None:  # reaped here, their CPU time counts as the watcher's
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+    signal.signal(signal.SIGCHLD, reap)
+    loader = botocore_session().get_component("data_loader")
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except InterruptedError:
+            continue
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)  # the watcher is gone
+        if len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            sock.close()
+            try:
+                launch_child(decode_message(data.rstrip(b"\n")), fds[0], fds[1:], key, loader)
+            finally:
+                os._exit(EXIT_ECS_FAILURE)
+        for fd in fds:
+            os.close(fd)
+
+
+def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: Optional[str]) -> None:
+    """Full: the `watcher` command. Listens on its own socket, or on systemd's (LISTEN_FDS)."""
+    import fcntl
+    import socket
+
+    if detach:  # its own session, and nothing of the runner's: Hinemos reads stdout until EOF
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    context = credential_context(os.environ, region, profile)
+    paths = watcher_paths(context, release_id(ECSBATCH_FILE))
+    if paths is None:
+        raise InputError("no private runtime directory for the watcher's socket")
+    lock: Optional[int] = None
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS") or 0) >= 1:
+        listen = socket.socket(fileno=3)  # systemd's socket activation
+        bound = None
+    else:
+        lock = os.open(paths["lock"], os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a watcher of this context is running
+        os.ftruncate(lock, 0)
+        os.write(lock, f"{os.getpid()}\n".encode())  # who holds it, for operators and tests
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths["socket"])  # stale: its watcher is gone, since we hold the lock
+        listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listen.bind(paths["socket"])
+        finally:
+            os.umask(old)
+        bound = os.lstat(paths["socket"]).st_ino
+    key = read_key(paths["key"], create=True)
+    if key is None:
+        raise InputError(f"the watcher's key {paths['key']} is not a private file of this user")
+    ecs_service_model()  # load what every launch needs before the zygote forks
+    botocore_session().get_component("endpoint_resolver")
+    parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if os.fork() == 0:
+        parent_end.close()
+        listen.close()
+        if lock is not None:  # the lock is the watcher's alone: a new one may start when it dies
+            os.close(lock)
+        zygote_loop(zygote_end, key)
+    zygote_end.close()
+    listen.listen(256)
+    watcher = Watcher(listen, parent_end, context, key, idle, region, profile)
+    try:
+        watcher.serve()
+    finally:
+        if bound is not None:
+            with contextlib.suppress(OSError):
+                if os.lstat(paths["socket"]).st_ino == bound:
+                    os.unlink(paths["socket"])
 
 
 if __name__ == "__main__":
