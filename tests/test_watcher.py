@@ -1,0 +1,466 @@
+"""The shared watcher (ECSBATCH_WATCHER=on): the contract through it, and each failure path with
+real processes: a watcher killed, stopped or gone stale, a socket of another user, another release.
+
+The whole contract suite also runs through the watcher with `ECSBATCH_WATCHER=on pytest ...`
+(README, Development); this file runs in every suite."""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import ecsbatch
+from conftest import APP, FAST_POLL, SIDECAR, Plan, Running, ecsbatch_command, run_cli
+from hinemos import awslogs_container, ensure_log_group, put_log_lines
+
+AWSLOGS_APP = awslogs_container(APP)
+
+
+def watcher_pids(runtime: Path):
+    """The live watchers of a runtime directory: each writes its pid into its lock file."""
+    pids = []
+    for path in glob.glob(str(runtime / "ecsbatch" / "w*.lock")):
+        text = Path(path).read_text().strip()
+        if text.isdigit() and ecsbatch.process_start_time(int(text)) is not None:
+            pids.append(int(text))
+    return pids
+
+
+def is_thin(pid: int) -> bool:
+    """Is the runner `pid` the stdlib-only thin runner now (python -I -S -c ...)?"""
+    try:
+        return b"\0-I\0-S\0-c\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+@pytest.fixture
+def wjob(job):
+    """A job whose runs use a watcher of their own (a runtime directory of their own)."""
+    runtime = Path(tempfile.mkdtemp(prefix="ew", dir="/tmp"))  # a Unix socket path holds 108 bytes
+    job.env.update(ECSBATCH_WATCHER="on", XDG_RUNTIME_DIR=str(runtime), ECSBATCH_WATCHER_IDLE="10")
+    job.runtime = runtime
+    yield job
+    for pid in watcher_pids(runtime):
+        with Path(f"/proc/{pid}/stat").open() as handle:
+            if handle.read().split(")")[1].split()[0] == "T":
+                os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def logs(ecs):
+    client = ecs.client("logs")
+    ensure_log_group(client)
+    return client
+
+
+def start_thin(job, *args, plan=None, env=None) -> Running:
+    """A runner that has handed its task's AWS work to the watcher and become thin."""
+    running = job.start(*args, plan=plan, env=env)
+    wait_until(lambda: is_thin(running.process.pid), what="the runner turning thin")
+    return running
+
+
+# --- the contract, through the watcher ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("plan, expected, verdict", [
+    (Plan(running=0.5, exit_code=0), 0, "succeeded: app exited 0"),
+    (Plan(running=0.5, exit_code=3), 3, "failed: container app exited 3"),
+    (Plan(stop_code="TaskFailedToStart", stopped_reason="CannotPullContainerError: not found"), 125,
+     "failed to start"),
+])
+def test_exit_codes_through_the_watcher(wjob, plan, expected, verdict):
+    running = start_thin(wjob, plan=Plan(running=1.5, exit_code=plan.exit_code, stop_code=plan.stop_code,
+                                         stopped_reason=plan.stopped_reason))
+    result = running.finish()
+    assert result.code == expected, result
+    assert verdict in result.error_lines[-1]
+    assert len(watcher_pids(wjob.runtime)) == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum, expected", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_a_thin_runner_stops_the_task_first(wjob, signum, expected):
+    """Hinemos's process stop (SIGTERM) or Ctrl-C: the watcher stops the task and says so."""
+    running = start_thin(wjob, plan=Plan(running=60))
+    running.wait_for("RUNNING")
+    running.signal(signum)
+    result = running.finish()
+    assert result.code == expected, result
+    task = wjob.only_task()
+    assert task.last_status == "STOPPED"
+    assert f"ecsbatch: {signum.name} received by the job runner" == task.stopped_reason
+    assert f"{signum.name} received by the job runner; task" in result.error_lines[-1]
+    assert "was stopped (STOPPED)" in result.error_lines[-1]
+
+
+def test_a_timeout_through_the_watcher_is_124(wjob):
+    result = wjob.run("--timeout", "2", plan=Plan(running=60))
+    assert result.code == 124, result
+    assert "--timeout 2 expired; task" in result.error_lines[-1] and "was stopped (STOPPED)" in result.stderr
+    assert wjob.only_task().stopped_reason == "ecsbatch: --timeout 2 expired"
+
+
+def test_quiet_output_through_the_watcher_fits_and_ends_with_the_log(wjob, logs):
+    """Hinemos keeps the first 1 KB of each stream: -q writes the same through the watcher."""
+    wjob.register([AWSLOGS_APP, SIDECAR])
+    running = start_thin(wjob, "-q", plan=Plan(running=3.0, exit_code=3))
+    task = wait_until(wjob.tasks)[0]
+    lines = [f"processing batch {n}" for n in range(300)] + ["FATAL: totals differ"]
+    put_log_lines(logs, f"batch/app/{task.id}", lines)
+    result = running.finish()
+    assert result.code == 3, result
+    assert len(result.stderr.encode()) <= 1024 and len(result.stdout.encode()) <= 1024
+    assert result.stdout.splitlines()[0] == f"ecsbatch-result: task={task.id} exit=3 from=container"
+    assert result.stdout.splitlines()[-1] == "FATAL: totals differ"
+    assert result.stderr.startswith("ecsbatch: launched task") and "exit 3 from container app" in result.stderr
+
+
+def test_log_lines_are_printed_once_through_the_watcher(wjob, logs):
+    wjob.register([AWSLOGS_APP, SIDECAR])
+    running = start_thin(wjob, plan=Plan(running=3.0, exit_code=0))
+    task = wait_until(wjob.tasks)[0]
+    lines = [f"line {n}" for n in range(500)]
+    put_log_lines(logs, f"batch/app/{task.id}", lines[:200])
+    time.sleep(1.0)
+    logs.put_log_events(logGroupName="/ecs/hinemos-scenarios", logStreamName=f"batch/app/{task.id}",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": m} for m in lines[200:]])
+    result = running.finish()
+    assert result.code == 0, result
+    assert result.stdout.splitlines() == lines
+
+
+def test_json_through_the_watcher(wjob):
+    result = wjob.run("--json", plan=Plan(running=0.5, exit_code=4))
+    assert result.code == 4, result
+    summary = json.loads(result.stdout)
+    assert summary["exitCode"] == 4 and summary["outcome"] == "failed"
+    assert summary["taskArn"] == wjob.only_task().task_arn
+
+
+def test_stop_by_job_key_reaches_a_thin_runner(wjob):
+    running = start_thin(wjob, "--job-key", "nightly/sales", plan=Plan(running=60))
+    running.wait_for("RUNNING")
+    stopped = run_cli(["stop", "--cluster", wjob.cluster, "--job-key", "nightly/sales", "--poll-interval", "0.2"],
+                      wjob.env)
+    assert stopped.code == 0, stopped
+    result = running.finish()
+    assert result.code == 143, result
+    assert wjob.only_task().last_status == "STOPPED"
+    assert not glob.glob(str(wjob.runtime / "ecsbatch" / "*.json")), "the runner's registry entry is gone"
+
+
+def test_a_killed_runner_leaves_its_task_and_a_rerun_attaches(wjob):
+    """kill -9 of a thin runner: as without the watcher, the task runs on (the watcher cannot
+    tell a killed runner from one that re-execs to wait by itself), and a rerun of the job key
+    attaches to it."""
+    running = start_thin(wjob, "--job-key", "nightly/attach", plan=Plan(running=4.0, exit_code=5))
+    running.wait_for("RUNNING")
+    running.signal(signal.SIGKILL)
+    running.finish()
+    time.sleep(1.0)
+    assert wjob.only_task().last_status == "RUNNING"
+    result = wjob.run("--job-key", "nightly/attach")
+    assert result.code == 5, result
+    assert "attach" in result.stderr and len(wjob.tasks()) == 1
+
+
+# --- when the watcher fails --------------------------------------------------------------------
+
+
+def test_a_watcher_killed_mid_wait_is_replaced_and_the_runner_exits_right(wjob):
+    """The watcher is OOM-killed (SIGKILL) while runners wait: each re-adopts its task through a
+    new watcher; the exit code is still the container's."""
+    running = start_thin(wjob, plan=Plan(running=4.0, exit_code=3))
+    running.wait_for("RUNNING")
+    [first] = watcher_pids(wjob.runtime)
+    os.kill(first, signal.SIGKILL)
+    result = running.finish()
+    assert result.code == 3, result
+    assert "failed: container app exited 3" in result.error_lines[-1]
+    assert [pid for pid in watcher_pids(wjob.runtime) if pid != first], "a new watcher took over"
+    assert "waits on its task by itself" not in result.stderr
+
+
+def test_a_hung_watcher_makes_the_runner_wait_by_itself(wjob):
+    """The watcher is stopped (SIGSTOP): it holds its socket and lock but says nothing. The runner
+    notices within one poll interval, loads botocore and waits by itself; its code is right."""
+    running = start_thin(wjob, plan=Plan(running=5.0, exit_code=3))
+    running.wait_for("RUNNING")
+    [watcher] = watcher_pids(wjob.runtime)
+    os.kill(watcher, signal.SIGSTOP)
+    try:
+        running.wait_for("said nothing for", timeout=15)
+        result = running.finish()
+    finally:
+        os.kill(watcher, signal.SIGCONT)
+    assert result.code == 3, result
+    assert "failed: container app exited 3" in result.error_lines[-1]
+    assert len(wjob.tasks()) == 1
+
+
+def test_a_signal_to_a_runner_whose_watcher_hangs_still_stops_the_task(wjob):
+    running = start_thin(wjob, plan=Plan(running=60))
+    running.wait_for("RUNNING")
+    [watcher] = watcher_pids(wjob.runtime)
+    os.kill(watcher, signal.SIGSTOP)
+    try:
+        running.signal(signal.SIGTERM)
+        result = running.finish()
+    finally:
+        os.kill(watcher, signal.SIGCONT)
+    assert result.code == 143, result
+    assert wjob.only_task().stopped_reason == "ecsbatch: SIGTERM received by the job runner"
+
+
+def test_a_stale_socket_file_is_replaced(wjob):
+    """A watcher that died without cleaning up (power loss, kill -9) left its socket file."""
+    context = ecsbatch.credential_context(wjob.env, None, None)
+    directory = wjob.runtime / "ecsbatch"
+    directory.mkdir(mode=0o700)
+    old_environ = dict(os.environ)
+    os.environ["XDG_RUNTIME_DIR"] = str(wjob.runtime)
+    try:
+        paths = ecsbatch.watcher_paths(context, ecsbatch.release_id(ecsbatch.ECSBATCH_FILE))
+    finally:
+        os.environ.clear()
+        os.environ.update(old_environ)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(paths["socket"])
+    stale.close()  # the file stays, nobody listens
+    running = start_thin(wjob, plan=Plan(running=1.0, exit_code=7))
+    assert running.finish().code == 7
+    assert watcher_pids(wjob.runtime)
+
+
+def test_a_runtime_directory_of_another_user_is_never_used(wjob):
+    """Someone else made the directory first (squatting): the run goes on without a watcher."""
+    nobody = pwd.getpwnam("nobody")
+    directory = wjob.runtime / "ecsbatch"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    running = wjob.start(plan=Plan(running=1.0, exit_code=3))
+    result = running.finish()
+    assert result.code == 3, result
+    assert not watcher_pids(wjob.runtime) and not list(directory.iterdir())
+
+
+def serve_as_nobody(path: str, answer: bytes, seen: list) -> subprocess.Popen:
+    """A listener on `path` run by the user nobody: it records what it is sent."""
+    nobody = pwd.getpwnam("nobody")
+    code = ("import socket,sys\n"
+            "s=socket.socket(socket.AF_UNIX);s.bind(sys.argv[1]);s.listen(5)\n"
+            "print('ready',flush=True)\n"
+            "while True:\n"
+            "    c,_=s.accept();d=c.recv(65536);print(repr(d[:40]),flush=True);c.sendall(sys.argv[2].encode());c.close()\n")
+
+    def become_nobody():
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+
+    directory = os.path.dirname(path)
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable  # nobody may run it
+    process = subprocess.Popen([python, "-c", code, path, answer.decode()], preexec_fn=become_nobody,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    threading.Thread(target=lambda: seen.extend(process.stdout), daemon=True).start()
+    return process
+
+
+def test_a_socket_served_by_another_user_is_refused(wjob):
+    """ECSBATCH_WATCHER_SOCKET names a socket whose listener runs as another user (SO_PEERCRED):
+    nothing is sent to it, and the job runs by itself."""
+    directory = Path(tempfile.mkdtemp(prefix="en", dir="/tmp"))
+    path = str(directory / "w.sock")
+    seen: list = []
+    server = serve_as_nobody(path, '{"op": "hello", "v": 1}\n'.encode(), seen)
+    try:
+        os.chown(path, 0, 0)  # even a socket file that looks like ours: the peer's uid decides
+        result = wjob.run(plan=Plan(running=0.5, exit_code=3), env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=path))
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert result.code == 3, result
+    assert seen == [] or all("launch" not in line for line in seen)
+
+
+def test_a_watcher_of_another_protocol_is_not_used(wjob):
+    """Two releases side by side: a watcher that speaks another protocol answers; the runner
+    launches nothing through it and runs by itself."""
+    directory = Path(tempfile.mkdtemp(prefix="ep", dir="/tmp"))
+    path = str(directory / "w.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(5)
+    got: list = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            got.append(conn.recv(65536))
+            conn.sendall(b'{"op": "hello", "v": 2}\n')
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        result = wjob.run(plan=Plan(running=0.5, exit_code=6), env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=path))
+    finally:
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert result.code == 6, result
+    assert got and all(b'"launch"' not in data for data in got)
+    assert "cannot be used" in result.stderr and len(wjob.tasks()) == 1
+
+
+def test_a_runner_of_another_release_gets_a_watcher_of_its_own(wjob, tmp_path):
+    """Releases sit side by side on a batch server: each release's runners get their own watcher."""
+    other = tmp_path / "other-release"
+    other.mkdir()
+    shutil.copy(ecsbatch.ECSBATCH_FILE, other / "ecsbatch.py")
+    (other / "ecsbatch.py").write_text((other / "ecsbatch.py").read_text() + "\n# another release\n")
+    first = start_thin(wjob, plan=Plan(running=3.0, exit_code=3))
+    wjob.ecs.plans.append(Plan(running=3.0, exit_code=4))
+    second = Running.__new__(Running)
+    second.process = subprocess.Popen([sys.executable, str(other / "ecsbatch.py"), "run", "-f", str(wjob.run_file)]
+                                      + FAST_POLL, env=wjob.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, stdin=subprocess.DEVNULL)
+    second.lines, second.stdout = [], ""
+    second._reader = threading.Thread(target=second._read, daemon=True)
+    second._reader.start()
+    wait_until(lambda: is_thin(second.process.pid), what="the other release's runner turning thin")
+    assert first.finish().code == 3 and second.finish().code == 4
+    assert len(watcher_pids(wjob.runtime)) == 2
+
+
+def test_a_stopped_runner_does_not_delay_the_others(wjob, logs):
+    """One runner is SIGSTOPped (and its socket fills up): the other's job ends on time."""
+    wjob.register([AWSLOGS_APP, SIDECAR])
+    stuck = start_thin(wjob, "--job-key", "stuck", plan=Plan(running=8.0, exit_code=0))
+    stuck_task = wait_until(wjob.tasks)[0]
+    put_log_lines(logs, f"batch/app/{stuck_task.id}", ["x" * 200] * 6000)
+    os.kill(stuck.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = wjob.run("--job-key", "free", plan=Plan(running=1.0, exit_code=2))
+        took = time.monotonic() - started
+    finally:
+        os.kill(stuck.process.pid, signal.SIGCONT)
+    assert result.code == 2, result
+    assert took < 20, took
+    stuck_result = stuck.finish()
+    assert stuck_result.code == 0, stuck_result.stderr[-2000:]
+
+
+def test_a_runner_may_only_ask_about_its_own_task(wjob):
+    """A process of the same user that did not launch the task cannot watch or stop it."""
+    running = start_thin(wjob, plan=Plan(running=60))
+    running.wait_for("RUNNING")
+    task = wjob.only_task()
+    [path] = glob.glob(str(wjob.runtime / "ecsbatch" / "w*.sock"))
+    context = ecsbatch.credential_context(wjob.env, None, None)
+    intruder = ecsbatch.LineChannel(ecsbatch.connect_watcher(path, 5.0))
+    intruder.send({"op": "watch", "context": context, "task_arn": task.task_arn, "cluster": wjob.cluster,
+                   "ticket": "0" * 129, "poll_interval": 0.2, "missing_grace": 0, "started": time.monotonic(),
+                   "log_source": None})
+    assert intruder.receive(10)["op"] == "refused"
+    intruder.send({"op": "stop", "signal": 15})
+    time.sleep(1.0)
+    assert wjob.only_task().last_status == "RUNNING"
+    running.signal(signal.SIGTERM)
+    assert running.finish().code == 143
+
+
+def test_off_runs_as_before(job, tmp_path):
+    runtime = Path(tempfile.mkdtemp(prefix="eo", dir="/tmp"))
+    try:
+        result = job.run(plan=Plan(running=0.5, exit_code=3),
+                         env=dict(job.env, ECSBATCH_WATCHER="off", XDG_RUNTIME_DIR=str(runtime)))
+        assert result.code == 3
+        assert not glob.glob(str(runtime / "ecsbatch" / "w*"))
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+# --- pure parts --------------------------------------------------------------------------------
+
+BASE_ENV = {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "ap-northeast-1",
+            "HOME": "/nonexistent", "PATH": "/usr/bin"}
+
+
+@pytest.mark.parametrize("change, same", [
+    ({"AWS_ACCESS_KEY_ID": "AKIA2"}, False),
+    ({"AWS_SESSION_TOKEN": "t"}, False),
+    ({"AWS_ROLE_ARN": "arn:aws:iam::1:role/x"}, False),
+    ({"AWS_WEB_IDENTITY_TOKEN_FILE": "/tmp/token"}, False),
+    ({"AWS_PROFILE": "batch"}, False),
+    ({"AWS_CONFIG_FILE": "/etc/aws.conf"}, False),
+    ({"AWS_SHARED_CREDENTIALS_FILE": "/etc/aws.creds"}, False),
+    ({"AWS_REGION": "us-east-1"}, False),
+    ({"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}, False),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, False),
+    ({"PATH": "/bin"}, True),
+    ({"TARGET_DATE": "2026-11-28"}, True),
+])
+def test_the_credential_context_is_everything_that_selects_credentials(change, same):
+    assert (ecsbatch.credential_context(dict(BASE_ENV, **change), None, None)
+            == ecsbatch.credential_context(BASE_ENV, None, None)) is same
+
+
+@pytest.mark.parametrize("region, profile", [("us-east-1", None), (None, "batch")])
+def test_region_and_profile_options_are_part_of_the_context(region, profile):
+    assert ecsbatch.credential_context(BASE_ENV, region, profile) != ecsbatch.credential_context(BASE_ENV, None, None)
+
+
+def test_messages_keep_datetimes_and_refuse_another_protocol():
+    when = datetime.datetime(2026, 11, 28, 3, 0, tzinfo=datetime.timezone.utc)
+    line = ecsbatch.encode_message({"op": "final", "task": {"createdAt": when}})
+    assert ecsbatch.decode_message(line.rstrip(b"\n"))["task"]["createdAt"] == when
+    with pytest.raises(ValueError):
+        ecsbatch.decode_message(json.dumps({"op": "final", "v": ecsbatch.WATCHER_PROTOCOL + 1}).encode())
+
+
+@pytest.mark.parametrize("arn, pid, start", [("arn:other", 10, "5"), ("arn:task", 11, "5"), ("arn:task", 10, "6")])
+def test_a_ticket_binds_the_task_the_runner_and_its_start(arn, pid, start):
+    key = b"k" * 32
+    assert ecsbatch.task_ticket(key, "arn:task", 10, "5") != ecsbatch.task_ticket(key, arn, pid, start)
+
+
+def test_the_thin_runner_needs_only_the_standard_library():
+    """The section the thin runner compiles imports nothing at its top level but the stdlib."""
+    done = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c",
+                           ecsbatch.THIN_BOOTSTRAP.replace("g['thin_main'](sys.argv[2:])", "print('loaded')"),
+                           ecsbatch.ECSBATCH_FILE], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not {"click", "botocore", "yaml", "ecsbatch"} & imported
