@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 import ecsbatch
-from conftest import APP, FAST_POLL, SIDECAR, Plan, Running, ecsbatch_command, run_cli
+from conftest import APP, FAST_POLL, SIDECAR, Plan, Running, run_cli
 from hinemos import awslogs_container, ensure_log_group, put_log_lines
+from localecs.lifecycle import failed_to_start
 
 AWSLOGS_APP = awslogs_container(APP)
 
@@ -93,17 +94,25 @@ def start_thin(job, *args, plan=None, env=None) -> Running:
 @pytest.mark.parametrize("plan, expected, verdict", [
     (Plan(running=0.5, exit_code=0), 0, "succeeded: app exited 0"),
     (Plan(running=0.5, exit_code=3), 3, "failed: container app exited 3"),
-    (Plan(stop_code="TaskFailedToStart", stopped_reason="CannotPullContainerError: not found"), 125,
-     "failed to start"),
 ])
 def test_exit_codes_through_the_watcher(wjob, plan, expected, verdict):
-    running = start_thin(wjob, plan=Plan(running=1.5, exit_code=plan.exit_code, stop_code=plan.stop_code,
-                                         stopped_reason=plan.stopped_reason))
+    running = start_thin(wjob, plan=Plan(running=1.5, exit_code=plan.exit_code))
     result = running.finish()
     assert result.code == expected, result
     assert verdict in result.error_lines[-1]
     assert len(watcher_pids(wjob.runtime)) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_a_task_that_fails_to_start_is_judged_by_the_launch_as_always(wjob):
+    """A task that never runs is judged where it was launched (the launch child, full ecsbatch):
+    a capacity failure to start is launched again there, as without the watcher."""
+    wjob.ecs.plans.extend([failed_to_start(), Plan(running=0.5, exit_code=4)])
+    result = wjob.run()
+    assert result.code == 4, result
+    assert len(wjob.tasks()) == 2 and "after 2 launch attempts" in result.error_lines[-1]
+    result = wjob.run(plan=Plan(stop_code="TaskFailedToStart", stopped_reason="CannotPullContainerError: not found"))
+    assert result.code == 125 and "failed to start" in result.error_lines[-1], result
 
 
 @pytest.mark.parametrize("signum, expected", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -214,6 +223,7 @@ def test_a_hung_watcher_makes_the_runner_wait_by_itself(wjob):
     notices within one poll interval, loads botocore and waits by itself; its code is right."""
     running = start_thin(wjob, plan=Plan(running=5.0, exit_code=3))
     running.wait_for("RUNNING")
+    time.sleep(1.0)  # the thin runner has handed its task to the watcher
     [watcher] = watcher_pids(wjob.runtime)
     os.kill(watcher, signal.SIGSTOP)
     try:
