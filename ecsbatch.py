@@ -4308,17 +4308,23 @@ CONTEXT_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "htt
 CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
                  "AWS_WEB_IDENTITY_TOKEN_FILE")
 # The thin runner runs this: it compiles the file from this section's heading to the end.
-THIN_BOOTSTRAP = ("import sys\n"
-                  "p = sys.argv[1]\n"
-                  "with open(p, encoding='utf-8') as f:\n"
-                  "    s = f.read()\n"
+# The runner hands it the source in a memory file: a release pruned under the job does not matter.
+THIN_BOOTSTRAP = ("import os, sys\n"
+                  "p, f, parts = sys.argv[1], int(sys.argv[2]), []\n"
+                  "while True:\n"
+                  "    part = os.read(f, 1 << 16)\n"
+                  "    if not part:\n"
+                  "        break\n"
+                  "    parts.append(part)\n"
+                  "os.close(f)\n"
+                  "s = b''.join(parts).decode('utf-8')\n"
                   "i = s.index('\\n# 8. The shared watcher:') + 1\n"
                   "g = {'__name__': 'ecsbatch_thin', '__file__': p}\n"
                   "exec('import contextlib, datetime, json, os, sys, time', g)\n"
                   "import __future__\n"
                   "exec(compile('\\n' * s.count('\\n', 0, i) + s[i:], p, 'exec',\n"
                   "             __future__.annotations.compiler_flag, True), g)\n"
-                  "g['thin_main'](sys.argv[2:])\n")
+                  "g['thin_main'](sys.argv[3:])\n")
 
 
 def runtime_dirs() -> List[str]:
@@ -4706,6 +4712,13 @@ class ThinRunner:
     def exec_full(self, resume: Dict[str, Any]) -> None:
         import signal
 
+        if not os.path.isfile(self.state["script"]):  # the release was pruned under the job
+            arn = self.state["task_arn"]
+            self.write(2, f"ecsbatch: error: the watcher cannot finish this job and {self.state['script']} is gone "
+                          f"(a release pruned under it): task {arn.rsplit('/', 1)[-1]} may still be running: "
+                          f"stop it with: {self.state['stop_command']}")
+            self.unregister()
+            os._exit(125)
         signal.pthread_sigmask(signal.SIG_BLOCK, [getattr(signal, name) for name in THIN_SIGNALS])
         resume = self.resume_state(resume)
         exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
@@ -4875,15 +4888,20 @@ def take_fallback_slot(directory: str) -> Optional[int]:
     return None
 
 
-def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
-    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
-    last argument when `extra` is given (the thin runner)."""
-    fd = os.memfd_create("ecsbatch-state", 0)
-    data = encode_message(state)
+def memory_file(name: str, data: bytes) -> int:
+    """An inheritable memory file holding `data`, read from its start."""
+    fd = os.memfd_create(name, 0)
     while data:
         data = data[os.write(fd, data):]
     os.lseek(fd, 0, os.SEEK_SET)
     os.set_inheritable(fd, True)
+    return fd
+
+
+def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
+    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
+    argument before `extra` when it is given (the thin runner)."""
+    fd = memory_file("ecsbatch-state", encode_message(state))
     env = dict(os.environ)
     if extra is not None:
         argv = argv + [str(fd)] + extra
@@ -4909,7 +4927,7 @@ def read_state(fd: int) -> Dict[str, Any]:
 
 
 def thin_main(argv: List[str]) -> None:
-    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py FD SCRIPT ARGS...`: the thin runner."""
+    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py CODE_FD STATE_FD SCRIPT ARGS...`: the thin runner."""
     ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
 
 
@@ -4958,6 +4976,11 @@ def launch_through_watcher(args: List[str], *, region: Optional[str], profile: O
     paths = watcher_paths(context, release_id(ECSBATCH_FILE))
     if paths is None:
         return
+    try:  # the thin runner's code, read now: the release may be pruned while the job runs
+        with open(ECSBATCH_FILE, "rb") as source:
+            code = source.read()
+    except OSError:
+        return
     sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
     if sock is None:
         progress("no watcher could be started or reached; this run waits by itself")
@@ -5000,6 +5023,10 @@ def launch_through_watcher(args: List[str], *, region: Optional[str], profile: O
             message = channel.receive(None)
         except (OSError, ValueError):
             message = None
+        if message is None and received:  # its second-signal line said what is left behind
+            sys.stdout.flush()
+            sys.stderr.flush()
+            raise SystemExit(EXIT_FOR_SIGNAL[received[0]])
         if message is None:
             raise AwsError("the watcher's launch process ended without a word; a task may have been launched: "
                            f"{'ecsbatch stop --job-key ' + shown(own_key) if own_key else 'see ecsbatch status'}")
@@ -5015,8 +5042,8 @@ def launch_through_watcher(args: List[str], *, region: Optional[str], profile: O
                  registry=list(RUNNER_FILES), watcher_command=watcher_command(region, profile), pending=received[:1])
     signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
     sock.close()
-    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE], state,
-                    extra=[script] + args)
+    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE,
+                     str(memory_file("ecsbatch-thin", code))], state, extra=[script] + args)
 
 
 WAITING_TO_RUN = ("", "PROVISIONING", "PENDING", "ACTIVATING")  # a task may still fail to start
@@ -5729,6 +5756,8 @@ def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: 
         raise InputError(f"the watcher's key {paths['key']} is not a private file of this user")
     ecs_service_model()  # load what every launch needs before the zygote forks
     botocore_session().get_component("endpoint_resolver")
+    with contextlib.suppress(EcsbatchError):  # and what stops and reports need: a release pruned
+        rehearse_stop(make_client("ecs", region, profile), None, make_client("logs", region, profile))
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if os.fork() == 0:
         parent_end.close()
