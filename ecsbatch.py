@@ -4308,23 +4308,572 @@ CONTEXT_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "htt
 CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
                  "AWS_WEB_IDENTITY_TOKEN_FILE")
 # The thin runner runs this: it compiles the file from this section's heading to the end.
-# The runner hands it the source in a memory file: a release pruned under the job does not matter.
-THIN_BOOTSTRAP = ("import os, sys\n"
-                  "p, f, parts = sys.argv[1], int(sys.argv[2]), []\n"
+# The thin runner runs this on the code the runner hands it in a memory file (thin_code: this
+# section up to its full part, compiled by the runner and marshalled: compiling it here would
+# cost two megabytes), so that a release pruned under the job does not matter either. Builtin
+# modules only: a waiting runner stays near bare Python.
+THIN_BOOTSTRAP = ("import marshal, os, sys\n"
+                  "f, parts = int(sys.argv[2]), []\n"
                   "while True:\n"
                   "    part = os.read(f, 1 << 16)\n"
                   "    if not part:\n"
                   "        break\n"
                   "    parts.append(part)\n"
                   "os.close(f)\n"
-                  "s = b''.join(parts).decode('utf-8')\n"
-                  "i = s.index('\\n# 8. The shared watcher:') + 1\n"
-                  "g = {'__name__': 'ecsbatch_thin', '__file__': p}\n"
-                  "exec('import contextlib, datetime, json, os, sys, time', g)\n"
-                  "import __future__\n"
-                  "exec(compile('\\n' * s.count('\\n', 0, i) + s[i:], p, 'exec',\n"
-                  "             __future__.annotations.compiler_flag, True), g)\n"
+                  "g = {'__name__': 'ecsbatch_thin', '__file__': sys.argv[1]}\n"
+                  "exec('import errno, os, select, sys, time, _json, _signal, _socket', g)\n"
+                  "exec(marshal.loads(b''.join(parts)), g)\n"
+                  "del parts\n"
                   "g['thin_main'](sys.argv[3:])\n")
+THIN_HEADING = "\n# 8. The shared watcher:"
+THIN_END = "\n# --- full ecsbatch:"
+
+
+def peer_credentials(sock: Any) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    import _socket
+
+    data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return tuple(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8))  # type: ignore
+
+
+class _WireScanner:
+    """What _json's C scanner reads of json.JSONDecoder: the json package imports re, a megabyte
+    that a thin runner does without."""
+
+    strict = True
+    object_pairs_hook = None
+    parse_float, parse_int = float, int
+
+    def __init__(self, object_hook: Any) -> None:
+        self.object_hook = object_hook
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.replace("Infinity", "inf"))
+
+
+def _wire_default(value: Any) -> Any:
+    datetime_module = sys.modules.get("datetime")
+    if datetime_module is not None and isinstance(value, datetime_module.datetime):
+        return {"$dt": value.isoformat()}
+    return str(value)
+
+
+def _wire_hook(value: Dict[str, Any]) -> Any:
+    """{"$dt": ISO 8601} back to a datetime, where datetime is loaded (not in the thin runner,
+    which passes such values on as they came)."""
+    datetime_module = sys.modules.get("datetime")
+    if datetime_module is not None and len(value) == 1 and "$dt" in value:
+        try:
+            return datetime_module.datetime.fromisoformat(value["$dt"])
+        except (ValueError, TypeError):
+            return value
+    return value
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """One protocol message: a JSON object on one line, datetimes as {"$dt": ISO 8601}."""
+    import _json
+
+    encoder = _json.make_encoder({}, _wire_default, _json.encode_basestring_ascii, None, ": ", ", ", False,
+                                 False, True)
+    return ("".join(encoder(dict(message, v=WATCHER_PROTOCOL), 0)) + "\n").encode("ascii")
+
+
+def decode_message(line: bytes) -> Dict[str, Any]:
+    """A protocol message back, datetimes restored; a message of another version is refused."""
+    import _json
+
+    text = line.decode("utf-8").strip()
+    try:
+        message, end = _json.make_scanner(_WireScanner(_wire_hook))(text, 0)
+    except StopIteration:
+        raise ValueError("not a JSON message") from None
+    if end != len(text):
+        raise ValueError("not one JSON message")
+    if not isinstance(message, dict) or message.get("v") != WATCHER_PROTOCOL:
+        raise ValueError(f"protocol {message.get('v') if isinstance(message, dict) else '?'}, "
+                         f"not {WATCHER_PROTOCOL}")
+    return message
+
+
+class LineChannel:
+    """Messages over a blocking Unix stream socket, one JSON line each, with a deadline per read."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def send(self, message: Mapping[str, Any], fds: Optional[List[int]] = None) -> None:
+        import _socket
+
+        data = encode_message(message)
+        if fds:  # SCM_RIGHTS, as socket.send_fds sends them
+            rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+            sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            data = data[sent:]
+        self.sock.sendall(data)
+
+    def receive(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
+        """The next message; None at EOF. Raises TimeoutError (socket.timeout) when none came in time,
+        ValueError for a message of another protocol."""
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > WATCHER_BUFFER_LIMIT:
+                raise ValueError("message too long")
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("no answer")
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return decode_message(line)
+
+
+def connect_watcher(path: str, timeout: float) -> Optional[Any]:
+    """A connection to the watcher listening at `path`, checked to run as this user; None if none."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        if peer_credentials(sock)[1] != os.getuid():
+            raise OSError("the watcher's socket belongs to another user")
+    except OSError:
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return sock
+
+
+def socket_owned_by_me(path: str) -> bool:
+    """Is `path` a socket of this user (lstat: a link is not)? Checked before it is used."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
+
+
+def lock_held(path: str) -> bool:
+    """Does a live process hold the flock on `path` (a watcher on its lock file)?"""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> Optional[Any]:
+    """Connect to the watcher of this context, starting it when none listens. One runner starts
+    it (a lock); the others wait for its socket. Returns the connection, or None."""
+    import fcntl
+    import subprocess
+
+    deadline = time.monotonic() + wait
+    started = False
+    while True:
+        if socket_owned_by_me(paths["socket"]):
+            sock = connect_watcher(paths["socket"], min(5.0, max(0.1, deadline - time.monotonic())))
+            if sock is not None:
+                return sock
+        if os.environ.get(WATCHER_SOCKET_ENV):
+            return None  # a socket of systemd's: never start one of ours in its place
+        if not started:
+            try:
+                fd = os.open(paths["start"], os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another runner is starting it
+                os.close(fd)
+            else:
+                try:
+                    started = True
+                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
+                    spawned = time.monotonic()
+                    while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
+                        if time.monotonic() - spawned > 2.0 and not lock_held(paths["lock"]):
+                            return None  # it did not get as far as its lock: it failed to start
+                        time.sleep(0.02)
+                finally:
+                    os.close(fd)
+                continue
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+# --- the thin runner: stdlib only ---------------------------------------------------------------
+
+
+class ThinRunner:
+    """The waiting half of `run` while a watcher does the AWS work: relays log and progress
+    lines, keeps the log tail, owns the deadline and the signals, and at the end execs into the
+    full ecsbatch (the same pid) with what happened, to be judged and printed as always."""
+
+    def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
+        self.state, self.file = state, ecsbatch_file
+        self.signals: List[int] = list(state.get("pending") or [])  # came as the launch handed over
+        self.tail: List[str] = []
+        self.tail_size = 0
+        self.token: Optional[str] = state.get("log_token")
+        self.last_task: Optional[Dict[str, Any]] = state.get("last_task")
+        self.silenced: Dict[str, str] = dict(state.get("silenced") or {})
+        self.syslog = None
+        if state.get("syslog"):
+            import _socket
+
+            try:
+                self.syslog = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+                self.syslog.connect(state["syslog"])
+                self.syslog.setblocking(False)
+            except OSError:
+                self.syslog = None
+        self.stop_asked = False
+        self.stop_sent = False
+
+    # output
+    def write(self, fd: int, line: str) -> None:
+        """As SilencingWriter writes: a stream that fails is silenced, never the job."""
+        import errno
+        import select
+
+        name = "stdout" if fd == 1 else "stderr"
+        if name in self.silenced:
+            return
+        data = (line + "\n").encode(self.state["encodings"][0 if fd == 1 else 1], "replace")
+        try:
+            while data:
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    select.select([], [fd], [], 1.0)
+        except OSError as exc:
+            self.silenced[name] = "was closed" if exc.errno == errno.EPIPE else f"failed ({exc.strerror or exc})"
+            self.progress(f"{name} {self.silenced[name]}: nothing more is printed there; the job goes on")
+
+    def progress(self, message: str, severity: int = 6) -> None:
+        if self.syslog is not None:
+            try:
+                text = " ".join(message.split())
+                self.syslog.send(f"<{8 + severity}>ecsbatch[{os.getpid()}]: {text}".encode("utf-8", "replace")
+                                 [:self.state["syslog_limit"]])
+            except OSError:
+                pass
+        if not self.state["output"]["quiet"]:
+            self.write(2, f"{local_timestamp()} ecsbatch: {message}")
+
+    def log_line(self, line: str) -> None:
+        if not self.state["output"]["quiet"]:
+            self.write(2 if self.state["as_json"] else 1, line)
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while len(self.tail) > self.state["tail_lines"] and \
+                self.tail_size - len(self.tail[0]) - 1 >= self.state["output"]["limit"]:
+            self.tail_size -= len(self.tail.pop(0)) + 1
+
+    # signals (_signal: the signal module imports enum, half a megabyte)
+    def install_signals(self) -> int:
+        import _signal
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        os.set_blocking(read_fd, False)
+        _signal.set_wakeup_fd(write_fd)
+        numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
+        for signum in numbers:
+            if signum == _signal.SIGHUP and _signal.getsignal(signum) == _signal.SIG_IGN:
+                continue  # nohup: whoever started the job asked it to outlive the session
+            _signal.signal(signum, self.on_signal)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, numbers)  # blocked by the exec that brought us here
+        return read_fd
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        if len(self.signals) > 1:
+            first = self.signals[0]
+            arn = self.state["task_arn"]
+            said = (f"exiting now; StopTask was sent for task {arn.rsplit('/', 1)[-1]}" if self.stop_sent else
+                    f"exiting now; task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: "
+                    f"{self.state['stop_command']}")
+            import _signal
+
+            name = next((n for n in THIN_SIGNALS if getattr(_signal, n) == signum), str(signum))
+            self.write(2, f"ecsbatch: second {name}: {said}")
+            self.unregister()
+            os._exit(self.state["exit_for_signal"][str(first)])
+
+    def unregister(self) -> None:
+        for path in self.state.get("registry") or []:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # the end: exec the full ecsbatch
+    def exec_full(self, resume: Dict[str, Any]) -> None:
+        import _signal
+
+        if not os.path.isfile(self.state["script"]):  # the release was pruned under the job
+            arn = self.state["task_arn"]
+            self.write(2, f"ecsbatch: error: the watcher cannot finish this job and {self.state['script']} is gone "
+                          f"(a release pruned under it): task {arn.rsplit('/', 1)[-1]} may still be running: "
+                          f"stop it with: {self.state['stop_command']}")
+            self.unregister()
+            os._exit(125)
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
+        resume = self.resume_state(resume)
+        exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
+
+    def fall_back(self, why: str) -> None:
+        """No watcher: wait by ourselves, with botocore, but only a few runners at a time."""
+        import random
+
+        self.progress(f"the watcher {why}; this runner waits on its task by itself")
+        if not self.signals:
+            pause = random.uniform(0.0, min(FALLBACK_STAGGER, float(self.state["poll_interval"])))
+            self.wait_for_signal(pause)
+        slot = None
+        while not self.signals and slot is None:
+            slot = take_fallback_slot(self.state["paths"]["dir"])
+            if slot is None:
+                self.wait_for_signal(0.25)
+        self.exec_full({"mode": "adopt"})
+
+    def wait_for_signal(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.signals and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+    # the watcher
+    def connect(self, silence: float) -> Optional[LineChannel]:
+        """Hand our task to the watcher, or to a new one when none lives (its lock is free)."""
+        paths = self.state["paths"]
+        start = not lock_held(paths["lock"]) and not os.environ.get(WATCHER_SOCKET_ENV)
+        sock = (start_watcher(self.state["watcher_command"], paths, WATCHER_START_SECONDS) if start
+                else connect_watcher(paths["socket"], silence) if socket_owned_by_me(paths["socket"]) else None)
+        if sock is None:
+            return None
+        channel = LineChannel(sock)
+        try:
+            channel.send({"op": "watch", "context": self.state["context"], "task_arn": self.state["task_arn"],
+                          "cluster": self.state["cluster"], "ticket": self.state["ticket"],
+                          "poll_interval": self.state["poll_interval"], "missing_grace": self.state["missing_grace"],
+                          "started": self.state["started"], "log_source": self.state["log_source"],
+                          "log_token": self.token, "last_task": self.last_task, "region": self.state["region"],
+                          "profile": self.state["profile"], "timeout_text": self.state["timeout_text"]})
+            answer = channel.receive(silence)  # a watcher that hangs is noticed as fast as in the wait
+        except (OSError, ValueError):
+            answer = None
+        if not answer or answer.get("op") != "watching":
+            sock.close()
+            return None
+        return channel
+
+    def resume_state(self, resume: Dict[str, Any]) -> Dict[str, Any]:
+        if self.signals and "interrupted_by" not in resume and resume.get("mode") == "adopt":
+            resume["interrupted_by"] = self.signals[0]
+        resume.update(state=self.state, tail=self.tail, log_token=self.token, last_task=self.last_task,
+                      stop_asked=self.stop_asked, silenced=self.silenced)
+        return resume
+
+    def finish(self, channel: LineChannel, final: Dict[str, Any]) -> None:
+        """The watcher's warm launcher judges and prints, with our streams and the same code as
+        the full ecsbatch (and from memory: a release pruned meanwhile does not matter); if it
+        cannot, the full ecsbatch does it here."""
+        resume = self.resume_state({"mode": "final", "final": final})
+        try:
+            channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
+            while True:
+                answer = channel.receive(WATCHER_ANSWER_SECONDS * 4)
+                if answer is None or answer.get("op") in ("exit", "refused"):
+                    break
+        except (OSError, ValueError):
+            answer = None
+        if answer is not None and answer.get("op") == "exit":
+            self.unregister()
+            os._exit(int(answer.get("code") or 0))
+        channel.sock.close()
+        self.exec_full(resume)
+
+    def handle(self, channel: LineChannel, message: Dict[str, Any]) -> None:
+        op = message.get("op")
+        for line in message.get("progress") or []:
+            self.progress(line)
+        for line in message.get("lines") or []:
+            self.log_line(line)
+        if "token" in message:
+            self.token = message["token"]
+        if message.get("task") is not None:
+            self.last_task = message["task"]
+        if message.get("stop_sent"):
+            self.stop_sent = True
+        if op == "final":
+            self.finish(channel, message)
+        elif op == "refused":  # the watcher could not end the watch: we do it, with the same code
+            channel.sock.close()
+            self.fall_back(f"could not end the wait ({message.get('why')})")
+
+    def run(self) -> None:
+        import select
+
+        wake = self.install_signals()
+        # It says "alive" every second: silence longer than a poll interval (within bounds) is a hang.
+        silence = max(WATCHER_SILENCE_FLOOR, min(float(self.state["poll_interval"]), 30.0))
+        deadline = self.state.get("deadline")
+        channel = self.connect(silence)
+        if channel is None:
+            self.fall_back("could not take the task over")
+        heard = time.monotonic()
+        reconnected = False
+        while True:
+            if self.signals and not self.stop_asked:
+                self.ask_stop(channel, {"signal": self.signals[0]})
+            if deadline is not None and time.monotonic() >= deadline and not self.stop_asked:
+                self.ask_stop(channel, {"timeout": True})
+            wait = silence - (time.monotonic() - heard)
+            if deadline is not None and not self.stop_asked:
+                wait = min(wait, deadline - time.monotonic())
+            if b"\n" in channel.buffer:  # a whole message is here already
+                ready = [channel.sock]
+            else:
+                ready = select.select([channel.sock, wake], [], [], max(0.0, wait))[0]
+            if wake in ready:
+                try:
+                    os.read(wake, 64)
+                except OSError:
+                    pass
+            if channel.sock in ready:
+                try:
+                    message = channel.receive(0.0)  # never wait on half a message: signals come first
+                except TimeoutError:
+                    heard = time.monotonic()  # it is talking
+                    continue
+                except (OSError, ValueError):
+                    message = None
+                if message is None:  # the watcher went away: a new one may take over
+                    channel.sock.close()
+                    again = None if reconnected or self.stop_asked else self.connect(silence)
+                    if again is None:
+                        self.fall_back("went away")
+                    channel, reconnected, heard = again, True, time.monotonic()
+                    continue
+                heard = time.monotonic()
+                self.handle(channel, message)
+            elif time.monotonic() - heard >= silence:
+                channel.sock.close()
+                self.fall_back(f"said nothing for {silence:g}s")
+
+    def ask_stop(self, channel: LineChannel, why: Dict[str, Any]) -> None:
+        try:
+            channel.send(dict(why, op="stop"))
+            self.stop_asked = True
+        except OSError:
+            self.fall_back("could not be asked to stop the task")
+
+
+def local_timestamp() -> str:
+    """What datetime.now().astimezone().isoformat(timespec="seconds") says, without datetime."""
+    now = time.localtime()
+    offset = now.tm_gmtoff or 0
+    sign, offset = ("+" if offset >= 0 else "-"), abs(offset)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", now) + f"{sign}{offset // 3600:02d}:{offset % 3600 // 60:02d}"
+
+
+def thin_code(text: str, path: str) -> bytes:
+    """What the thin runner runs: this section up to its full part, compiled (line numbers as in
+    the file) and marshalled for this very interpreter."""
+    import __future__
+    import marshal
+
+    start = text.index(THIN_HEADING) + 1
+    source = "\n" * text.count("\n", 0, start) + text[start:text.index(THIN_END)]
+    return marshal.dumps(compile(source, path, "exec", __future__.annotations.compiler_flag, True))
+
+
+def take_fallback_slot(directory: str) -> Optional[int]:
+    """One of FALLBACK_SLOTS flock'ed files, held (across exec) until this process exits."""
+    import fcntl
+
+    for number in range(FALLBACK_SLOTS):
+        path = os.path.join(directory, f"fallback.{number}.lock")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        os.set_inheritable(fd, True)
+        return fd
+    return None
+
+
+def memory_file(name: str, data: bytes) -> int:
+    """An inheritable memory file holding `data`, read from its start."""
+    fd = os.memfd_create(name, 0)
+    while data:
+        data = data[os.write(fd, data):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
+    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
+    argument before `extra` when it is given (the thin runner)."""
+    fd = memory_file("ecsbatch-state", encode_message(state))
+    env = dict(os.environ)
+    if extra is not None:
+        argv = argv + [str(fd)] + extra
+        env.pop(RESUME_FD_ENV, None)
+    else:
+        env[RESUME_FD_ENV] = str(fd)
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running\n".encode())
+        os._exit(125)
+
+
+def read_state(fd: int) -> Dict[str, Any]:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return decode_message(b"".join(chunks).rstrip(b"\n"))
+
+
+def thin_main(argv: List[str]) -> None:
+    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py CODE_FD STATE_FD SCRIPT ARGS...`: the thin runner."""
+    ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
+
+
+# --- full ecsbatch: the runner's side of a launch, the resumed ending, the watcher -------------
+# (these use sections 1-7 and are never called by the thin runner)
 
 
 def runtime_dirs() -> List[str]:
@@ -4452,488 +5001,6 @@ def read_key(path: str, *, create: bool) -> Optional[bytes]:
     return None
 
 
-def peer_credentials(sock: Any) -> Tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    import socket
-    import struct
-
-    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-
-
-def encode_message(message: Mapping[str, Any]) -> bytes:
-    """One protocol message: a JSON object on one line, datetimes as {"$dt": ISO 8601}."""
-    def default(value: Any) -> Any:
-        if isinstance(value, datetime.datetime):
-            return {"$dt": value.isoformat()}
-        return str(value)
-
-    return (json.dumps(dict(message, v=WATCHER_PROTOCOL), default=default) + "\n").encode("utf-8")
-
-
-def decode_message(line: bytes) -> Dict[str, Any]:
-    """A protocol message back, datetimes restored; a message of another version is refused."""
-    def hook(value: Dict[str, Any]) -> Any:
-        if len(value) == 1 and "$dt" in value:
-            with contextlib.suppress(ValueError, TypeError):
-                return datetime.datetime.fromisoformat(value["$dt"])
-        return value
-
-    message = json.loads(line.decode("utf-8"), object_hook=hook)
-    if not isinstance(message, dict) or message.get("v") != WATCHER_PROTOCOL:
-        raise ValueError(f"protocol {message.get('v') if isinstance(message, dict) else '?'}, "
-                         f"not {WATCHER_PROTOCOL}")
-    return message
-
-
-class LineChannel:
-    """Messages over a blocking Unix stream socket, one JSON line each, with a deadline per read."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock, self.buffer = sock, b""
-
-    def send(self, message: Mapping[str, Any], fds: Optional[List[int]] = None) -> None:
-        import socket
-
-        data = encode_message(message)
-        if fds:
-            sent = socket.send_fds(self.sock, [data], fds)
-            data = data[sent:]
-        self.sock.sendall(data)
-
-    def receive(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
-        """The next message; None at EOF. Raises TimeoutError (socket.timeout) when none came in time,
-        ValueError for a message of another protocol."""
-        import select
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            if len(self.buffer) > WATCHER_BUFFER_LIMIT:
-                raise ValueError("message too long")
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self.sock], [], [], left)[0]:
-                raise TimeoutError("no answer")
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return decode_message(line)
-
-
-def connect_watcher(path: str, timeout: float) -> Optional[Any]:
-    """A connection to the watcher listening at `path`, checked to run as this user; None if none."""
-    import socket
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        if peer_credentials(sock)[1] != os.getuid():
-            raise OSError("the watcher's socket belongs to another user")
-    except OSError:
-        sock.close()
-        return None
-    sock.settimeout(None)
-    return sock
-
-
-def socket_owned_by_me(path: str) -> bool:
-    """Is `path` a socket of this user (lstat: a link is not)? Checked before it is used."""
-    import stat
-
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
-
-
-def lock_held(path: str) -> bool:
-    """Does a live process hold the flock on `path` (a watcher on its lock file)?"""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> Optional[Any]:
-    """Connect to the watcher of this context, starting it when none listens. One runner starts
-    it (a lock); the others wait for its socket. Returns the connection, or None."""
-    import fcntl
-    import subprocess
-
-    deadline = time.monotonic() + wait
-    started = False
-    while True:
-        if socket_owned_by_me(paths["socket"]):
-            sock = connect_watcher(paths["socket"], min(5.0, max(0.1, deadline - time.monotonic())))
-            if sock is not None:
-                return sock
-        if os.environ.get(WATCHER_SOCKET_ENV):
-            return None  # a socket of systemd's: never start one of ours in its place
-        if not started:
-            try:
-                fd = os.open(paths["start"], os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            except OSError:
-                return None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # another runner is starting it
-                os.close(fd)
-            else:
-                try:
-                    started = True
-                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
-                    spawned = time.monotonic()
-                    while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
-                        if time.monotonic() - spawned > 2.0 and not lock_held(paths["lock"]):
-                            return None  # it did not get as far as its lock: it failed to start
-                        time.sleep(0.02)
-                finally:
-                    os.close(fd)
-                continue
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.05)
-
-
-# --- the thin runner: stdlib only ---------------------------------------------------------------
-
-
-class ThinRunner:
-    """The waiting half of `run` while a watcher does the AWS work: relays log and progress
-    lines, keeps the log tail, owns the deadline and the signals, and at the end execs into the
-    full ecsbatch (the same pid) with what happened, to be judged and printed as always."""
-
-    def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
-        self.state, self.file = state, ecsbatch_file
-        self.signals: List[int] = list(state.get("pending") or [])  # came as the launch handed over
-        self.tail: List[str] = []
-        self.tail_size = 0
-        self.token: Optional[str] = state.get("log_token")
-        self.last_task: Optional[Dict[str, Any]] = state.get("last_task")
-        self.silenced: Dict[str, str] = dict(state.get("silenced") or {})
-        self.syslog = None
-        if state.get("syslog"):
-            import socket
-
-            with contextlib.suppress(OSError):
-                self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self.syslog.connect(state["syslog"])
-                self.syslog.setblocking(False)
-        self.stop_asked = False
-        self.stop_sent = False
-
-    # output
-    def write(self, fd: int, line: str) -> None:
-        """As SilencingWriter writes: a stream that fails is silenced, never the job."""
-        import errno
-        import select
-
-        name = "stdout" if fd == 1 else "stderr"
-        if name in self.silenced:
-            return
-        data = (line + "\n").encode(self.state["encodings"][0 if fd == 1 else 1], "replace")
-        try:
-            while data:
-                try:
-                    data = data[os.write(fd, data):]
-                except BlockingIOError:
-                    select.select([], [fd], [], 1.0)
-        except OSError as exc:
-            self.silenced[name] = "was closed" if exc.errno == errno.EPIPE else f"failed ({exc.strerror or exc})"
-            self.progress(f"{name} {self.silenced[name]}: nothing more is printed there; the job goes on")
-
-    def progress(self, message: str, severity: int = 6) -> None:
-        if self.syslog is not None:
-            with contextlib.suppress(OSError):
-                text = " ".join(message.split())
-                self.syslog.send(f"<{8 + severity}>ecsbatch[{os.getpid()}]: {text}".encode("utf-8", "replace")
-                                 [:self.state["syslog_limit"]])
-        if not self.state["output"]["quiet"]:
-            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            self.write(2, f"{stamp} ecsbatch: {message}")
-
-    def log_line(self, line: str) -> None:
-        if not self.state["output"]["quiet"]:
-            self.write(2 if self.state["as_json"] else 1, line)
-        self.tail.append(line)
-        self.tail_size += len(line) + 1
-        while len(self.tail) > self.state["tail_lines"] and \
-                self.tail_size - len(self.tail[0]) - 1 >= self.state["output"]["limit"]:
-            self.tail_size -= len(self.tail.pop(0)) + 1
-
-    # signals
-    def install_signals(self) -> int:
-        import signal
-
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        os.set_blocking(read_fd, False)
-        signal.set_wakeup_fd(write_fd)
-        numbers = [getattr(signal, name) for name in THIN_SIGNALS]
-        for signum in numbers:
-            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
-                continue  # nohup: whoever started the job asked it to outlive the session
-            signal.signal(signum, self.on_signal)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, numbers)  # blocked by the exec that brought us here
-        return read_fd
-
-    def on_signal(self, signum: int, frame: Any) -> None:
-        self.signals.append(signum)
-        if len(self.signals) > 1:
-            first = self.signals[0]
-            arn = self.state["task_arn"]
-            said = (f"exiting now; StopTask was sent for task {arn.rsplit('/', 1)[-1]}" if self.stop_sent else
-                    f"exiting now; task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: "
-                    f"{self.state['stop_command']}")
-            import signal
-
-            self.write(2, f"ecsbatch: second {signal.Signals(signum).name}: {said}")
-            self.unregister()
-            os._exit(self.state["exit_for_signal"][str(first)])
-
-    def unregister(self) -> None:
-        for path in self.state.get("registry") or []:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    # the end: exec the full ecsbatch
-    def exec_full(self, resume: Dict[str, Any]) -> None:
-        import signal
-
-        if not os.path.isfile(self.state["script"]):  # the release was pruned under the job
-            arn = self.state["task_arn"]
-            self.write(2, f"ecsbatch: error: the watcher cannot finish this job and {self.state['script']} is gone "
-                          f"(a release pruned under it): task {arn.rsplit('/', 1)[-1]} may still be running: "
-                          f"stop it with: {self.state['stop_command']}")
-            self.unregister()
-            os._exit(125)
-        signal.pthread_sigmask(signal.SIG_BLOCK, [getattr(signal, name) for name in THIN_SIGNALS])
-        resume = self.resume_state(resume)
-        exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
-
-    def fall_back(self, why: str) -> None:
-        """No watcher: wait by ourselves, with botocore, but only a few runners at a time."""
-        import random
-
-        self.progress(f"the watcher {why}; this runner waits on its task by itself")
-        if not self.signals:
-            pause = random.uniform(0.0, min(FALLBACK_STAGGER, float(self.state["poll_interval"])))
-            self.wait_for_signal(pause)
-        slot = None
-        while not self.signals and slot is None:
-            slot = take_fallback_slot(self.state["paths"]["dir"])
-            if slot is None:
-                self.wait_for_signal(0.25)
-        self.exec_full({"mode": "adopt"})
-
-    def wait_for_signal(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self.signals and time.monotonic() < end:
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-
-    # the watcher
-    def connect(self, silence: float) -> Optional[LineChannel]:
-        """Hand our task to the watcher, or to a new one when none lives (its lock is free)."""
-        paths = self.state["paths"]
-        start = not lock_held(paths["lock"]) and not os.environ.get(WATCHER_SOCKET_ENV)
-        sock = (start_watcher(self.state["watcher_command"], paths, WATCHER_START_SECONDS) if start
-                else connect_watcher(paths["socket"], silence) if socket_owned_by_me(paths["socket"]) else None)
-        if sock is None:
-            return None
-        channel = LineChannel(sock)
-        try:
-            channel.send({"op": "watch", "context": self.state["context"], "task_arn": self.state["task_arn"],
-                          "cluster": self.state["cluster"], "ticket": self.state["ticket"],
-                          "poll_interval": self.state["poll_interval"], "missing_grace": self.state["missing_grace"],
-                          "started": self.state["started"], "log_source": self.state["log_source"],
-                          "log_token": self.token, "last_task": self.last_task, "region": self.state["region"],
-                          "profile": self.state["profile"], "timeout_text": self.state["timeout_text"]})
-            answer = channel.receive(silence)  # a watcher that hangs is noticed as fast as in the wait
-        except (OSError, ValueError):
-            answer = None
-        if not answer or answer.get("op") != "watching":
-            sock.close()
-            return None
-        return channel
-
-    def resume_state(self, resume: Dict[str, Any]) -> Dict[str, Any]:
-        if self.signals and "interrupted_by" not in resume and resume.get("mode") == "adopt":
-            resume["interrupted_by"] = self.signals[0]
-        resume.update(state=self.state, tail=self.tail, log_token=self.token, last_task=self.last_task,
-                      stop_asked=self.stop_asked, silenced=self.silenced)
-        return resume
-
-    def finish(self, channel: LineChannel, final: Dict[str, Any]) -> None:
-        """The watcher's warm launcher judges and prints, with our streams and the same code as
-        the full ecsbatch (and from memory: a release pruned meanwhile does not matter); if it
-        cannot, the full ecsbatch does it here."""
-        resume = self.resume_state({"mode": "final", "final": final})
-        try:
-            channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
-            while True:
-                answer = channel.receive(WATCHER_ANSWER_SECONDS * 4)
-                if answer is None or answer.get("op") in ("exit", "refused"):
-                    break
-        except (OSError, ValueError):
-            answer = None
-        if answer is not None and answer.get("op") == "exit":
-            self.unregister()
-            os._exit(int(answer.get("code") or 0))
-        channel.sock.close()
-        self.exec_full(resume)
-
-    def handle(self, channel: LineChannel, message: Dict[str, Any]) -> None:
-        op = message.get("op")
-        for line in message.get("progress") or []:
-            self.progress(line)
-        for line in message.get("lines") or []:
-            self.log_line(line)
-        if "token" in message:
-            self.token = message["token"]
-        if message.get("task") is not None:
-            self.last_task = message["task"]
-        if message.get("stop_sent"):
-            self.stop_sent = True
-        if op == "final":
-            self.finish(channel, message)
-        elif op == "refused":  # the watcher could not end the watch: we do it, with the same code
-            channel.sock.close()
-            self.fall_back(f"could not end the wait ({message.get('why')})")
-
-    def run(self) -> None:
-        import select
-
-        wake = self.install_signals()
-        # It says "alive" every second: silence longer than a poll interval (within bounds) is a hang.
-        silence = max(WATCHER_SILENCE_FLOOR, min(float(self.state["poll_interval"]), 30.0))
-        deadline = self.state.get("deadline")
-        channel = self.connect(silence)
-        if channel is None:
-            self.fall_back("could not take the task over")
-        heard = time.monotonic()
-        reconnected = False
-        while True:
-            if self.signals and not self.stop_asked:
-                self.ask_stop(channel, {"signal": self.signals[0]})
-            if deadline is not None and time.monotonic() >= deadline and not self.stop_asked:
-                self.ask_stop(channel, {"timeout": True})
-            wait = silence - (time.monotonic() - heard)
-            if deadline is not None and not self.stop_asked:
-                wait = min(wait, deadline - time.monotonic())
-            if b"\n" in channel.buffer:  # a whole message is here already
-                ready = [channel.sock]
-            else:
-                ready = select.select([channel.sock, wake], [], [], max(0.0, wait))[0]
-            if wake in ready:
-                with contextlib.suppress(OSError):
-                    os.read(wake, 64)
-            if channel.sock in ready:
-                try:
-                    message = channel.receive(0.0)  # never wait on half a message: signals come first
-                except TimeoutError:
-                    heard = time.monotonic()  # it is talking
-                    continue
-                except (OSError, ValueError):
-                    message = None
-                if message is None:  # the watcher went away: a new one may take over
-                    channel.sock.close()
-                    again = None if reconnected or self.stop_asked else self.connect(silence)
-                    if again is None:
-                        self.fall_back("went away")
-                    channel, reconnected, heard = again, True, time.monotonic()
-                    continue
-                heard = time.monotonic()
-                self.handle(channel, message)
-            elif time.monotonic() - heard >= silence:
-                channel.sock.close()
-                self.fall_back(f"said nothing for {silence:g}s")
-
-    def ask_stop(self, channel: LineChannel, why: Dict[str, Any]) -> None:
-        try:
-            channel.send(dict(why, op="stop"))
-            self.stop_asked = True
-        except OSError:
-            self.fall_back("could not be asked to stop the task")
-
-
-def take_fallback_slot(directory: str) -> Optional[int]:
-    """One of FALLBACK_SLOTS flock'ed files, held (across exec) until this process exits."""
-    import fcntl
-
-    for number in range(FALLBACK_SLOTS):
-        path = os.path.join(directory, f"fallback.{number}.lock")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        os.set_inheritable(fd, True)
-        return fd
-    return None
-
-
-def memory_file(name: str, data: bytes) -> int:
-    """An inheritable memory file holding `data`, read from its start."""
-    fd = os.memfd_create(name, 0)
-    while data:
-        data = data[os.write(fd, data):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.set_inheritable(fd, True)
-    return fd
-
-
-def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
-    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
-    argument before `extra` when it is given (the thin runner)."""
-    fd = memory_file("ecsbatch-state", encode_message(state))
-    env = dict(os.environ)
-    if extra is not None:
-        argv = argv + [str(fd)] + extra
-        env.pop(RESUME_FD_ENV, None)
-    else:
-        env[RESUME_FD_ENV] = str(fd)
-    try:
-        os.execve(argv[0], argv, env)
-    except OSError as exc:
-        os.write(2, f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running\n".encode())
-        os._exit(125)
-
-
-def read_state(fd: int) -> Dict[str, Any]:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return decode_message(b"".join(chunks).rstrip(b"\n"))
-
-
-def thin_main(argv: List[str]) -> None:
-    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py CODE_FD STATE_FD SCRIPT ARGS...`: the thin runner."""
-    ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
-
-
-# --- full ecsbatch: the runner's side of a launch, the resumed ending, the watcher -------------
-# (these use sections 1-7 and are never called by the thin runner)
-
 WATCHER_CHILD: Optional[Dict[str, Any]] = None  # set in a launch child: whom to hand the task to
 RESUME_STATE: Optional[Dict[str, Any]] = None  # set in a finishing child: the job to judge
 ECSBATCH_FILE = os.path.abspath(__file__)
@@ -4977,9 +5044,9 @@ def launch_through_watcher(args: List[str], *, region: Optional[str], profile: O
     if paths is None:
         return
     try:  # the thin runner's code, read now: the release may be pruned while the job runs
-        with open(ECSBATCH_FILE, "rb") as source:
-            code = source.read()
-    except OSError:
+        with open(ECSBATCH_FILE, encoding="utf-8") as source:
+            code = thin_code(source.read(), ECSBATCH_FILE)
+    except (OSError, ValueError):
         return
     sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
     if sock is None:
