@@ -4510,7 +4510,7 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
                                    stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
                     spawned = time.monotonic()
                     while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
-                        if time.monotonic() - spawned > 2.0 and not lock_held(paths["lock"]):
+                        if time.monotonic() - spawned > 10.0 and not lock_held(paths["lock"]):
                             return None  # it did not get as far as its lock: it failed to start
                         time.sleep(0.02)
                 finally:
@@ -5329,6 +5329,7 @@ class WatchedTask:
         self.last_task = request.get("last_task")
         self.next_due = 0.0
         self.finishing = False
+        self.confirming = False  # a stop of the watcher's waits for STOPPED: still in every cycle
         self.lock = threading.Lock()
         self.watch: Any = None
         self.follower: Any = None
@@ -5358,6 +5359,8 @@ class Watcher:
         self.tasks: Dict[Any, WatchedTask] = {}
         self.lock = threading.Lock()
         self.poll_event = threading.Event()
+        self.cycled = threading.Condition()  # a DescribeTasks cycle ended: answers for confirming stops
+        self.cycles = 0
         self.cycle_at = time.monotonic()
         self.last_busy = time.monotonic()
         self.ecs = make_client("ecs", region, profile)
@@ -5611,7 +5614,7 @@ class Watcher:
         while True:
             self.cycle_at = time.monotonic()
             with self.lock:
-                live = [t for t in self.tasks.values() if not t.finishing]
+                live = [t for t in self.tasks.values() if not t.finishing or t.confirming]
             now = time.monotonic()
             due = [t for t in live if now >= t.next_due]
             if not due:
@@ -5622,7 +5625,7 @@ class Watcher:
             by_cluster: Dict[Optional[str], List[WatchedTask]] = {}
             for task in due:
                 by_cluster.setdefault(task.cluster, []).append(task)
-            self.answers = {}
+            answers: Dict[Optional[str], Any] = {}
             for cluster, tasks in by_cluster.items():
                 merged: Dict[str, List[Any]] = {"tasks": [], "failures": []}
                 arns = [t.arn for t in tasks]
@@ -5633,12 +5636,17 @@ class Watcher:
                                                              tasks=arns[first:first + DESCRIBE_TASKS_BATCH])
                             merged["tasks"] += answer.get("tasks", [])
                             merged["failures"] += answer.get("failures", [])
-                    self.answers[cluster] = merged
+                    answers[cluster] = merged
                 except AwsError as exc:
-                    self.answers[cluster] = exc
-            reads = {task: pool.submit(self.poll_one, task) for task in due}
+                    answers[cluster] = exc
+            self.answers = answers  # one whole cycle's answers at a time
+            with self.cycled:
+                self.cycles += 1
+                self.cycled.notify_all()
+            reads = {task: pool.submit(self.poll_one, task) for task in due if not task.finishing}
+            for task in due:
+                task.next_due = now + (min(task.interval, STOP_CONFIRM_POLL) if task.confirming else task.interval)
             for task, future in reads.items():
-                task.next_due = now + task.interval
                 try:
                     future.result()
                 except Exception:  # one task's trouble is never every task's
@@ -5697,7 +5705,10 @@ class Watcher:
 
             try:
                 with task.lock, progress_to(tell):
-                    final = how(task, *args)
+                    try:
+                        final = how(task, *args)
+                    finally:
+                        task.confirming = False
             except Exception as exc:  # the runner waits by itself rather than hear nothing
                 import logging
 
@@ -5714,7 +5725,8 @@ class Watcher:
         watcher, real = self, self.ecs
 
         class TellingClient:
-            """The ECS client, and the runner hears at once when StopTask has gone out."""
+            """The ECS client, and the runner hears at once when StopTask has gone out. Looking for
+            STOPPED rides on the shared cycle: one DescribeTasks for every task, stopping or not."""
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(real, name)
@@ -5724,11 +5736,29 @@ class Watcher:
                 watcher.send(task.conn, {"op": "tick", "stop_sent": True})
                 return answer
 
+            def describe_tasks(self, **kwargs: Any) -> Any:
+                return watcher.next_answer(task)
+
         watch = Watch(TellingClient(), task.cluster, task.arn, poll_interval=task.interval,
                       missing_grace=task.missing_grace, started=task.started)
         watch.last_task, watch.last_status = task.watch.last_task, task.watch.last_status
         watch.polled = True
+        watch.sleep = lambda seconds: None  # next_answer waits for the next cycle instead
         return watch
+
+    def next_answer(self, task: WatchedTask) -> Dict[str, Any]:
+        """This task's part of the next DescribeTasks cycle (it joins the cycles while it is stopped)."""
+        with self.cycled:
+            seen = self.cycles
+            task.confirming, task.next_due = True, 0.0
+            self.poll_event.set()
+            if not self.cycled.wait_for(lambda: self.cycles > seen, timeout=task.interval + AWS_READ_TIMEOUT):
+                raise AwsError("the watcher's DescribeTasks cycle gave no answer in time")
+            answer = self.answers.get(task.cluster)
+        if isinstance(answer, AwsError):
+            raise answer
+        return {"tasks": [t for t in (answer or {}).get("tasks", []) if t.get("taskArn") == task.arn],
+                "failures": [f for f in (answer or {}).get("failures", []) if f.get("arn") == task.arn]}
 
     def stopped_task(self, task: WatchedTask, found: Dict[str, Any]) -> Dict[str, Any]:
         return {"how": "stopped", "task": found, "lines": self.read_logs(task, drain=True)}
