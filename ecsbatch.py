@@ -2179,7 +2179,6 @@ class KnownTask:
 # that a job whose RunTask is still in flight (re-sends, capacity retries) is stopped by its own
 # runner's signal path, which knows or finds the task. One file per runner, in a directory only
 # this user can use, holding the pid and the process start time (a reused pid does not match).
-RUNNER_FILES: List[str] = []  # this runner's registry entries (see runtime_dirs, in section 8)
 
 
 def register_runner(key: str) -> Optional[str]:
@@ -2205,7 +2204,6 @@ def register_runner(key: str) -> Optional[str]:
                 json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
             atexit.register(unregister_runner, path)
             OWN_ENTRIES.append(path)
-            RUNNER_FILES.append(path)
             first = first or path
     if first is not None:
         REGISTERED_BEFORE[key] = [runner for runner in before if runner[0] != os.getpid()]
@@ -2314,6 +2312,14 @@ def runner_alive(pid: int, start: Optional[str]) -> bool:
     return start is not None and process_start_time(pid) == start
 
 
+def runner_identity() -> Tuple[int, str]:
+    """This runner's (pid, start time). A launch child of the shared watcher acts for its runner."""
+    child = WATCHER_CHILD
+    if child is not None:
+        return int(child["runner"]["pid"]), str(child["runner"].get("start") or "")
+    return os.getpid(), process_start_time(os.getpid()) or ""
+
+
 def decide_rerun(ecs: Any, cluster: Optional[str], key: str, digest: str, if_running: str, *,
                  poll_interval: float) -> RerunDecision:
     """rerun_decision for this run of the job, once no older runner of the key is still launching.
@@ -2324,7 +2330,7 @@ def decide_rerun(ecs: Any, cluster: Optional[str], key: str, digest: str, if_run
     registry since this run began waiting, even one that already stopped) or it exits (then launch).
     With --if-running fail it does not wait: 120. Only this user's runners on this machine are
     seen (the runner registry); a signal while waiting exits at once, nothing launched."""
-    me = (os.getpid(), process_start_time(os.getpid()) or "")
+    me = runner_identity()
     told = False
     next_look = 0.0
     noted_before: Optional[set] = None
@@ -5065,7 +5071,9 @@ def launch_through_watcher(args: List[str], *, region: Optional[str], profile: O
                       "region": region, "profile": profile,
                       "encodings": [getattr(sys.stdout, "encoding", None) or "utf-8",
                                     getattr(sys.stderr, "encoding", None) or "utf-8"],
-                      "runner": {"pid": pid, "start": start, "registry": RUNNER_FILES}}, fds=standard_fds())
+                      "runner": {"pid": pid, "start": start, "registry": OWN_ENTRIES, "key": own_key,
+                                 "before": REGISTERED_BEFORE.get(own_key) if own_key else None}},
+                     fds=standard_fds())
         answer = channel.receive(WATCHER_ANSWER_SECONDS)
         if not answer or answer.get("op") != "launching":
             raise ValueError((answer or {}).get("why") or "no answer")
@@ -5106,7 +5114,7 @@ def launch_through_watcher(args: List[str], *, region: Optional[str], profile: O
     # `ps` shows the job's own command line after the state's fd; the end runs the same script.
     script = sys.argv[0] if os.path.isfile(sys.argv[0]) else ECSBATCH_FILE
     state = dict(message["state"], argv=args, script=os.path.abspath(script), context=context, paths=paths,
-                 registry=list(RUNNER_FILES), watcher_command=watcher_command(region, profile), pending=received[:1])
+                 registry=list(OWN_ENTRIES), watcher_command=watcher_command(region, profile), pending=received[:1])
     signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
     sock.close()
     exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE,
@@ -5229,7 +5237,10 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
     if not finishing:
         WATCHER_CHILD = {"channel": channel, "runner": message["runner"], "key": key,
                          "encodings": message["encodings"]}
-    RUNNER_FILES[:] = list(message["runner"].get("registry") or [])
+    # The runner registered itself (register_runner): this child decides and notes as the runner.
+    OWN_ENTRIES[:] = list(message["runner"].get("registry") or [])
+    if message["runner"].get("key") and message["runner"].get("before") is not None:
+        REGISTERED_BEFORE[message["runner"]["key"]] = [(int(p), str(s)) for p, s in message["runner"]["before"]]
     code: Any = 0
     try:
         main(list(message["argv"]))
