@@ -4686,7 +4686,8 @@ class ThinRunner:
                           "started": self.state["started"], "log_source": self.state["log_source"],
                           "log_token": self.token, "last_task": self.last_task, "region": self.state["region"],
                           "profile": self.state["profile"], "timeout_text": self.state["timeout_text"]})
-            answer = channel.receive(silence)  # a watcher that hangs is noticed as fast as in the wait
+            # A watcher that hangs is noticed as fast as in the wait; one just started gets longer.
+            answer = channel.receive(WATCHER_ANSWER_SECONDS if start else silence)
         except (OSError, ValueError):
             answer = None
         if not answer or answer.get("op") != "watching":
