@@ -5762,8 +5762,9 @@ class Watcher:
         """This task's part of the next DescribeTasks cycle (it joins the cycles while it is stopped)."""
         with self.cycled:
             seen = self.cycles
-            task.confirming, task.next_due = True, 0.0
-            self.poll_event.set()
+            if not task.confirming:  # the first look at once; the next ones with the cycle (STOP_CONFIRM_POLL)
+                task.confirming, task.next_due = True, 0.0
+                self.poll_event.set()
             if not self.cycled.wait_for(lambda: self.cycles > seen, timeout=task.interval + AWS_READ_TIMEOUT):
                 raise AwsError("the watcher's DescribeTasks cycle gave no answer in time")
             answer = self.answers.get(task.cluster)
