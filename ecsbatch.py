@@ -2230,12 +2230,11 @@ def note_runner_task(task_arn: str) -> None:
             continue
 
 
-def runner_tasks(key: str, pids: List[int]) -> List[str]:
-    """The tasks that these runners of `key` wrote into their entries (note_runner_task)."""
+def registry_entries(key: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """(path, entry) of every readable registry entry of `key` for this user, live or stale."""
     import glob
 
     prefix = runner_file_name(key, 0).split(".", 1)[0]
-    found: List[str] = []
     for directory in runtime_dirs():
         if not private_dir(directory, create=False):
             continue
@@ -2245,9 +2244,17 @@ def runner_tasks(key: str, pids: List[int]) -> List[str]:
                     entry = json.load(handle)
             except (OSError, ValueError):
                 continue
-            if isinstance(entry, dict) and entry.get("key") == key and entry.get("pid") in pids and \
-                    isinstance(entry.get("task"), str) and entry["task"] not in found:
-                found.append(entry["task"])
+            if isinstance(entry, dict):
+                yield path, entry
+
+
+def runner_tasks(key: str, pids: List[int]) -> List[str]:
+    """The tasks that these runners of `key` wrote into their entries (note_runner_task)."""
+    found: List[str] = []
+    for _, entry in registry_entries(key):
+        if entry.get("key") == key and entry.get("pid") in pids and isinstance(entry.get("task"), str) \
+                and entry["task"] not in found:
+            found.append(entry["task"])
     return found
 
 
@@ -2286,25 +2293,17 @@ def unregister_runner(path: str) -> None:
 
 def registered_runners(key: str) -> List[Tuple[int, str]]:
     """(pid, start time) of the live runners of `key` for this user; stale entries are removed."""
-    import glob
-
-    prefix = runner_file_name(key, 0).split(".", 1)[0]
     pids: List[Tuple[int, str]] = []
-    for directory in runtime_dirs():
-        if not private_dir(directory, create=False):
+    for path, entry in registry_entries(key):
+        try:
+            pid, start = int(entry["pid"]), str(entry["start"])
+        except (KeyError, TypeError, ValueError):
             continue
-        for path in glob.glob(os.path.join(directory, f"{prefix}.*.json")):
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    entry = json.load(handle)
-                pid, start = int(entry["pid"]), str(entry["start"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if entry.get("key") == key and process_start_time(pid) == start:
-                pids.append((pid, start))
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        if entry.get("key") == key and process_start_time(pid) == start:
+            pids.append((pid, start))
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     return sorted(set(pids))
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import Plan, run_cli
+from test_capacity import wait_in_backoff
 from localecs import capacity_failures, spot_interruption
 from localecs.proxy import Fault
 
@@ -20,15 +21,6 @@ FAST = ["--launch-backoff", "0.1"]
 QUICK = dict(provisioning=0.05, pending=0.05)
 
 
-def wait_in_backoff(running, at_least=1.0):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in list(running.lines):
-            match = re.search(r"trying again in (\d+\.\d)s", line)
-            if match and float(match.group(1)) >= at_least:
-                return
-        time.sleep(0.02)
-    raise AssertionError("".join(running.lines))
 
 
 # --- --rerun-capacity-provider: a bad value is a usage error before anything is sent ----------
