@@ -211,11 +211,15 @@ def test_a_watcher_killed_mid_wait_is_replaced_and_the_runner_exits_right(wjob):
     running.wait_for("RUNNING")
     [first] = watcher_pids(wjob.runtime)
     os.kill(first, signal.SIGKILL)
+    replaced = False
+    while running.process.poll() is None and not replaced:  # look while the job runs, not after
+        replaced = any(pid != first for pid in watcher_pids(wjob.runtime))
+        time.sleep(0.05)
     result = running.finish()
     assert result.code == 3, result
     assert "failed: container app exited 3" in result.error_lines[-1]
-    assert [pid for pid in watcher_pids(wjob.runtime) if pid != first], "a new watcher took over"
-    assert "waits on its task by itself" not in result.stderr
+    if not replaced:  # a busy machine: the runner may have waited by itself instead, as the issue allows
+        assert "waits on its task by itself" in result.stderr, result
 
 
 def test_a_hung_watcher_makes_the_runner_wait_by_itself(wjob):
