@@ -21,8 +21,6 @@ FAST = ["--launch-backoff", "0.1"]
 QUICK = dict(provisioning=0.05, pending=0.05)
 
 
-
-
 # --- --rerun-capacity-provider: a bad value is a usage error before anything is sent ----------
 
 @pytest.mark.parametrize("texts, words", [
@@ -37,6 +35,13 @@ def test_a_capacity_provider_that_ecs_would_refuse_at_the_rerun_is_refused_at_th
         ecsbatch.capacity_strategy(texts)
     assert words in refused.value.format_message()
 
+
+
+def own_runtime(job, tmp_path):
+    """The job's environment with a runner registry of this test's own (XDG_RUNTIME_DIR, 0700)."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    return dict(job.env, XDG_RUNTIME_DIR=str(runtime))
 
 def test_twenty_providers_and_a_long_name_are_fine():
     assert len(ecsbatch.capacity_strategy(tuple(f"P{i}" for i in range(20)))) == 20
@@ -56,9 +61,7 @@ def test_a_runner_that_started_first_but_registered_last_waits_for_the_one_launc
     """Order is registration order, not process start: B starts first, but its first AWS call is
     slow, so A registers, finds no other runner and is launching (between capacity attempts) by
     the time B registers. B must wait for A's task, not launch a second one."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    env = own_runtime(job, tmp_path)
     key = f"{job.family}/registered-last"
     job.ecs.plans.extend(capacity_failures(500))
     proxy.add(Fault("delay", "DescribeTaskDefinition", times=1, seconds=4.0))
@@ -123,9 +126,7 @@ def test_sigterm_during_a_reruns_run_task_that_starts_no_task_lists_the_interrup
 # --- held: `stop --job-key` and --timeout at the moments between attempts ---------------------
 
 def test_stop_by_key_during_a_reruns_run_task_stops_the_rerun(job, proxy, tmp_path):
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    env = own_runtime(job, tmp_path)
     key = f"{job.family}/rerun-launch"
     job.ecs.plans.extend([spot_interruption(running=0.2, **QUICK), Plan(running=60, **QUICK)])
     running = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1",
@@ -145,9 +146,7 @@ def test_stop_by_key_during_a_reruns_run_task_stops_the_rerun(job, proxy, tmp_pa
 def test_stop_by_key_while_waiting_after_a_task_failed_to_start_ends_the_retries(job, tmp_path):
     from localecs import failed_to_start
 
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    env = own_runtime(job, tmp_path)
     key = f"{job.family}/failed-to-start"
     job.ecs.plans.extend([failed_to_start(**QUICK) for _ in range(50)])
     running = job.start("--launch-backoff", "8", "--job-key", key, env=env)
@@ -185,9 +184,7 @@ def test_the_timeout_ends_the_retries_after_tasks_that_failed_to_start(job):
 def test_a_rerun_attached_to_an_interrupted_attempt_follows_the_jobs_next_attempt(job, tmp_path):
     """B attaches to A's task; Spot takes it; A reruns. B must not report the interruption (125)
     while the job goes on: it attaches to A's rerun and exits with the job's real code."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    env = own_runtime(job, tmp_path)
     key = f"{job.family}/attached-interrupted"
     job.ecs.plans.extend([spot_interruption(running=2.5, **QUICK), Plan(running=1.5, exit_code=3, **QUICK)])
     first = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1", env=env)
@@ -205,9 +202,7 @@ def test_a_rerun_attached_to_an_interrupted_attempt_follows_the_jobs_next_attemp
 def test_a_rerun_attached_to_a_task_that_failed_to_start_follows_the_next_attempt(job, tmp_path):
     from localecs import failed_to_start
 
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    env = own_runtime(job, tmp_path)
     key = f"{job.family}/attached-failed-start"
     job.ecs.plans.extend([failed_to_start(provisioning=2.5, pending=0.05), Plan(running=1.5, exit_code=0, **QUICK)])
     first = job.start("--launch-backoff", "0.5", "--job-key", key, env=env)
@@ -222,9 +217,7 @@ def test_a_rerun_attached_to_a_task_that_failed_to_start_follows_the_next_attemp
 
 def test_an_attached_interrupted_task_whose_runner_is_gone_is_125(job, tmp_path):
     """Nobody will launch the job again (its runner was killed): the interruption is the verdict."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    env = dict(job.env, XDG_RUNTIME_DIR=str(runtime))
+    env = own_runtime(job, tmp_path)
     key = f"{job.family}/attached-orphan"
     job.ecs.plans.extend([spot_interruption(running=2.5, **QUICK), Plan(running=60, **QUICK)])
     first = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1", env=env)
