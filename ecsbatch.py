@@ -7,18 +7,931 @@ request files offline.
 
 The file is cut by subject, like bottle.py; inside each section pure functions come first and
 the ones that do I/O after them:
-  1. the contract: exit codes, constants, exception types;
-  2. request files: reading, YAML loading, templating, validation, pinning;
-  3. the verdict: judgment of a stopped task, summaries, failure context;
-  4. AWS: clients, thin wrappers, errors, redaction;
-  5. waiting: the signal guard, the poller, the supervisor, the log follower;
-  6. output: progress, the quiet budget, the result line, safe streams, the system log;
-  7. commands: shared options, then the click commands, thin shells over the rest;
-  8. the shared watcher: protocol, thin runner, watcher (ECSBATCH_WATCHER=on); it runs on its
-     own, stdlib only, as the thin runner that waits while the watcher does the AWS work.
+  1. the thin runner: the watcher's protocol, a `run` handed to the shared watcher before the
+     rest of this file loads, and the stdlib-only wait that a runner execs into;
+  2. the contract: exit codes, constants, exception types;
+  3. request files: reading, YAML loading, templating, validation, pinning;
+  4. the verdict: judgment of a stopped task, summaries, failure context;
+  5. AWS: clients, thin wrappers, errors, redaction;
+  6. waiting: the signal guard, the poller, the supervisor, the log follower;
+  7. output: progress, the quiet budget, the result line, safe streams, the system log;
+  8. commands: shared options, then the click commands, thin shells over the rest;
+  9. the shared watcher: the launch children, the resumed ending and the watcher itself.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import time
+
+__version__ = "0.1.0"
+
+# ---------------------------------------------------------------------------------------------
+# 1. The thin runner: the watcher protocol, a run handed to the watcher, the wait
+# ---------------------------------------------------------------------------------------------
+# One watcher per user and credential context does the AWS work of every `run` of that user
+# (unless ECSBATCH_WATCHER=off): it launches (in a child forked from a warm process, with the
+# runner's own stdin/stdout/stderr, cwd, environment and arguments, so the launch is `run`'s
+# own code and its own parsing), polls every watched task with one DescribeTasks per interval,
+# reads the logs on the same clock and, when asked, stops a task. The first `run` starts it.
+#
+# This section comes first because it runs before the rest of the file exists: a `run` hands
+# its arguments to the watcher from here (run_through_watcher, at the end of this section),
+# before click, PyYAML or botocore is imported. Once its task is launched, the runner execs
+# itself into the stdlib-only loop below (same pid: the scheduler's signals, the runner
+# registry and the exit status stay right), and at the end the watcher's warm launcher judges
+# and prints with the same code as a run without the watcher. If the watcher is gone or hangs,
+# the runner re-adopts its task through a new watcher or, staggered and a few at a time, waits
+# by itself with the full ecsbatch. When the watcher cannot take the run, nothing was sent and
+# the run goes on below as it always has.
+#
+# So this section uses only the standard library, and at the top level only os, sys and time:
+# the thin runner runs it on its own under `python -I -S` (THIN_BOOTSTRAP, thin_code).
+
+WATCHER_PROTOCOL = 1  # bump on any change to the messages; a mismatch falls back, never misjudges
+WATCHER_ENV = "ECSBATCH_WATCHER"  # "on" uses the watcher; unset or "off" runs as before
+WATCHER_IDLE_ENV = "ECSBATCH_WATCHER_IDLE"  # seconds a watcher with nothing to do lives on
+WATCHER_SOCKET_ENV = "ECSBATCH_WATCHER_SOCKET"  # a socket of systemd's, instead of one per context
+RESUME_FD_ENV = "ECSBATCH_RESUME_FD"  # full ecsbatch: finish or adopt the job in this state
+DEFAULT_WATCHER_IDLE = 120.0
+WATCHER_HEARTBEAT = 1.0  # the watcher says "alive" to every runner this often
+WATCHER_SILENCE_FLOOR = 5.0  # a runner gives up on a watcher silent for max(this, --poll-interval)
+WATCHER_START_SECONDS = 20.0  # how long a runner waits for a watcher it started
+WATCHER_ANSWER_SECONDS = 15.0  # how long a runner waits for a watcher's first answer
+WATCHER_BUFFER_LIMIT = 1 << 20  # bytes queued for, or from, one runner before it is cut off
+WATCHER_STALL_SECONDS = 600.0  # a poll cycle stuck this long: stop saying "alive", runners fall back
+WATCHER_LOG_READERS = 8
+SOCKET_PATH_LIMIT = 104  # sun_path holds 108 bytes on Linux  # GetLogEvents calls in flight at once
+FALLBACK_SLOTS = 4  # runners that may load botocore at once to wait by themselves
+FALLBACK_STAGGER = 2.0  # a falling-back runner first waits a random part of this (or the interval)
+THIN_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM")
+# Everything that selects credentials or where calls go: one watcher per distinct set.
+CONTEXT_ENV_PREFIXES = ("AWS_",)
+CONTEXT_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "HOME",
+                     "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE")
+# The thin runner runs this on the code that the watcher hands it in a memory file (thin_code:
+# this section, compiled once by the watcher and marshalled: compiling it here would cost two
+# megabytes), so that a release pruned under the job does not matter either. Builtin modules
+# only: a waiting runner stays near bare Python.
+THIN_BOOTSTRAP = ("import marshal, os, sys\n"
+                  "f, parts = int(sys.argv[2]), []\n"
+                  "while True:\n"
+                  "    part = os.read(f, 1 << 16)\n"
+                  "    if not part:\n"
+                  "        break\n"
+                  "    parts.append(part)\n"
+                  "os.close(f)\n"
+                  "g = {'__name__': 'ecsbatch_thin', '__file__': sys.argv[1]}\n"
+                  "exec('import errno, os, select, sys, time, _json, _signal, _socket', g)\n"
+                  "exec(marshal.loads(b''.join(parts)), g)\n"
+                  "del parts\n"
+                  "g['thin_main'](sys.argv[3:])\n")
+THIN_HEADING = "\n# 1. The thin runner:"
+THIN_END = "\n# --- the end of the thin runner"
+
+
+def peer_credentials(sock: Any) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    import _socket
+
+    data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return tuple(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8))  # type: ignore
+
+
+class _WireScanner:
+    """What _json's C scanner reads of json.JSONDecoder: the json package imports re, a megabyte
+    that a thin runner does without."""
+
+    strict = True
+    object_pairs_hook = None
+    parse_float, parse_int = float, int
+
+    def __init__(self, object_hook: Any) -> None:
+        self.object_hook = object_hook
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.replace("Infinity", "inf"))
+
+
+def _wire_default(value: Any) -> Any:
+    datetime_module = sys.modules.get("datetime")
+    if datetime_module is not None and isinstance(value, datetime_module.datetime):
+        return {"$dt": value.isoformat()}
+    return str(value)
+
+
+def _wire_hook(value: Dict[str, Any]) -> Any:
+    """{"$dt": ISO 8601} back to a datetime, where datetime is loaded (not in the thin runner,
+    which passes such values on as they came)."""
+    datetime_module = sys.modules.get("datetime")
+    if datetime_module is not None and len(value) == 1 and "$dt" in value:
+        try:
+            return datetime_module.datetime.fromisoformat(value["$dt"])
+        except (ValueError, TypeError):
+            return value
+    return value
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """One protocol message: a JSON object on one line, datetimes as {"$dt": ISO 8601}."""
+    import _json
+
+    encoder = _json.make_encoder({}, _wire_default, _json.encode_basestring_ascii, None, ": ", ", ", False,
+                                 False, True)
+    return ("".join(encoder(dict(message, v=WATCHER_PROTOCOL), 0)) + "\n").encode("ascii")
+
+
+def decode_message(line: bytes) -> Dict[str, Any]:
+    """A protocol message back, datetimes restored; a message of another version is refused."""
+    import _json
+
+    text = line.decode("utf-8").strip()
+    try:
+        message, end = _json.make_scanner(_WireScanner(_wire_hook))(text, 0)
+    except StopIteration:
+        raise ValueError("not a JSON message") from None
+    if end != len(text):
+        raise ValueError("not one JSON message")
+    if not isinstance(message, dict) or message.get("v") != WATCHER_PROTOCOL:
+        raise ValueError(f"protocol {message.get('v') if isinstance(message, dict) else '?'}, "
+                         f"not {WATCHER_PROTOCOL}")
+    return message
+
+
+class LineChannel:
+    """Messages over a blocking Unix stream socket, one JSON line each, with a deadline per read."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def send(self, message: Mapping[str, Any], fds: Optional[List[int]] = None) -> None:
+        import _socket
+
+        data = encode_message(message)
+        if fds:  # SCM_RIGHTS, as socket.send_fds sends them
+            rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+            sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            data = data[sent:]
+        self.sock.sendall(data)
+
+    def receive(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
+        """The next message; None at EOF. Raises TimeoutError (socket.timeout) when none came in time,
+        ValueError for a message of another protocol."""
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > WATCHER_BUFFER_LIMIT:
+                raise ValueError("message too long")
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("no answer")
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return decode_message(line)
+
+
+def connect_watcher(path: str, timeout: float) -> Optional[Any]:
+    """A connection to the watcher listening at `path`, checked to run as this user; None if none."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        if peer_credentials(sock)[1] != os.getuid():
+            raise OSError("the watcher's socket belongs to another user")
+    except OSError:
+        sock.close()
+        return None
+    sock.settimeout(None)
+    return sock
+
+
+def socket_owned_by_me(path: str) -> bool:
+    """Is `path` a socket of this user (lstat: a link is not)? Checked before it is used."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
+
+
+def lock_held(path: str) -> bool:
+    """Does a live process hold the flock on `path` (a watcher on its lock file)?"""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> Optional[Any]:
+    """Connect to the watcher of this context, starting it when none listens. One runner starts
+    it (a lock); the others wait for its socket. Returns the connection, or None."""
+    import fcntl
+    import subprocess
+
+    deadline = time.monotonic() + wait
+    started = False
+    while True:
+        if socket_owned_by_me(paths["socket"]):
+            sock = connect_watcher(paths["socket"], min(5.0, max(0.1, deadline - time.monotonic())))
+            if sock is not None:
+                return sock
+        if os.environ.get(WATCHER_SOCKET_ENV):
+            return None  # a socket of systemd's: never start one of ours in its place
+        if not started:
+            try:
+                fd = os.open(paths["start"], os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another runner is starting it
+                os.close(fd)
+            else:
+                try:
+                    started = True
+                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
+                    spawned = time.monotonic()
+                    while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
+                        if time.monotonic() - spawned > 10.0 and not lock_held(paths["lock"]):
+                            return None  # it did not get as far as its lock: it failed to start
+                        time.sleep(0.02)
+                finally:
+                    os.close(fd)
+                continue
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+# --- the thin runner: stdlib only ---------------------------------------------------------------
+
+
+class ThinRunner:
+    """The waiting half of `run` while a watcher does the AWS work: relays log and progress
+    lines, keeps the log tail, owns the deadline and the signals, and at the end execs into the
+    full ecsbatch (the same pid) with what happened, to be judged and printed as always."""
+
+    def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
+        self.state, self.file = state, ecsbatch_file
+        self.signals: List[int] = list(state.get("pending") or [])  # came as the launch handed over
+        self.tail: List[str] = []
+        self.tail_size = 0
+        self.token: Optional[str] = state.get("log_token")
+        self.last_task: Optional[Dict[str, Any]] = state.get("last_task")
+        self.silenced: Dict[str, str] = dict(state.get("silenced") or {})
+        self.syslog = None
+        if state.get("syslog"):
+            import _socket
+
+            try:
+                self.syslog = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+                self.syslog.connect(state["syslog"])
+                self.syslog.setblocking(False)
+            except OSError:
+                self.syslog = None
+        self.stop_asked = False
+        self.stop_sent = False
+
+    # output
+    def write(self, fd: int, line: str) -> None:
+        """As SilencingWriter writes: a stream that fails is silenced, never the job."""
+        import errno
+        import select
+
+        name = "stdout" if fd == 1 else "stderr"
+        if name in self.silenced:
+            return
+        data = (line + "\n").encode(self.state["encodings"][0 if fd == 1 else 1], "replace")
+        try:
+            while data:
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    select.select([], [fd], [], 1.0)
+        except OSError as exc:
+            self.silenced[name] = "was closed" if exc.errno == errno.EPIPE else f"failed ({exc.strerror or exc})"
+            self.progress(f"{name} {self.silenced[name]}: nothing more is printed there; the job goes on")
+
+    def progress(self, message: str, severity: int = 6) -> None:
+        if self.syslog is not None:
+            try:
+                text = " ".join(message.split())
+                self.syslog.send(f"<{8 + severity}>ecsbatch[{os.getpid()}]: {text}".encode("utf-8", "replace")
+                                 [:self.state["syslog_limit"]])
+            except OSError:
+                pass
+        if not self.state["output"]["quiet"]:
+            self.write(2, f"{local_timestamp()} ecsbatch: {message}")
+
+    def log_line(self, line: str) -> None:
+        if not self.state["output"]["quiet"]:
+            self.write(2 if self.state["as_json"] else 1, line)
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while len(self.tail) > self.state["tail_lines"] and \
+                self.tail_size - len(self.tail[0]) - 1 >= self.state["output"]["limit"]:
+            self.tail_size -= len(self.tail.pop(0)) + 1
+
+    # signals (_signal: the signal module imports enum, half a megabyte)
+    def install_signals(self) -> int:
+        import _signal
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        os.set_blocking(read_fd, False)
+        _signal.set_wakeup_fd(write_fd)
+        numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
+        for signum in numbers:
+            if signum == _signal.SIGHUP and _signal.getsignal(signum) == _signal.SIG_IGN:
+                continue  # nohup: whoever started the job asked it to outlive the session
+            _signal.signal(signum, self.on_signal)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, numbers)  # blocked by the exec that brought us here
+        return read_fd
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        if len(self.signals) > 1:
+            first = self.signals[0]
+            arn = self.state["task_arn"]
+            said = (f"exiting now; StopTask was sent for task {arn.rsplit('/', 1)[-1]}" if self.stop_sent else
+                    f"exiting now; task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: "
+                    f"{self.state['stop_command']}")
+            import _signal
+
+            name = next((n for n in THIN_SIGNALS if getattr(_signal, n) == signum), str(signum))
+            self.write(2, f"ecsbatch: second {name}: {said}")
+            self.unregister()
+            os._exit(self.state["exit_for_signal"][str(first)])
+
+    def unregister(self) -> None:
+        for path in self.state.get("registry") or []:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # the end: exec the full ecsbatch
+    def exec_full(self, resume: Dict[str, Any]) -> None:
+        import _signal
+
+        if not os.path.isfile(self.state["script"]):  # the release was pruned under the job
+            arn = self.state["task_arn"]
+            self.write(2, f"ecsbatch: error: the watcher cannot finish this job and {self.state['script']} is gone "
+                          f"(a release pruned under it): task {arn.rsplit('/', 1)[-1]} may still be running: "
+                          f"stop it with: {self.state['stop_command']}")
+            self.unregister()
+            os._exit(125)
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
+        resume = self.resume_state(resume)
+        exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
+
+    def fall_back(self, why: str) -> None:
+        """No watcher: wait by ourselves, with botocore, but only a few runners at a time."""
+        import random
+
+        self.progress(f"the watcher {why}; this runner waits on its task by itself")
+        if not self.signals:
+            pause = random.uniform(0.0, min(FALLBACK_STAGGER, float(self.state["poll_interval"])))
+            self.wait_for_signal(pause)
+        slot = None
+        while not self.signals and slot is None:
+            slot = take_fallback_slot(self.state["paths"]["dir"])
+            if slot is None:
+                self.wait_for_signal(0.25)
+        self.exec_full({"mode": "adopt"})
+
+    def wait_for_signal(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.signals and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+    # the watcher
+    def connect(self, silence: float) -> Optional[LineChannel]:
+        """Hand our task to the watcher, or to a new one when none lives (its lock is free)."""
+        paths = self.state["paths"]
+        start = not lock_held(paths["lock"]) and not os.environ.get(WATCHER_SOCKET_ENV)
+        sock = (start_watcher(self.state["watcher_command"], paths, WATCHER_START_SECONDS) if start
+                else connect_watcher(paths["socket"], silence) if socket_owned_by_me(paths["socket"]) else None)
+        if sock is None:
+            return None
+        channel = LineChannel(sock)
+        try:
+            channel.send({"op": "watch", "context": self.state["context"], "task_arn": self.state["task_arn"],
+                          "cluster": self.state["cluster"], "ticket": self.state["ticket"],
+                          "poll_interval": self.state["poll_interval"], "missing_grace": self.state["missing_grace"],
+                          "started": self.state["started"], "log_source": self.state["log_source"],
+                          "log_token": self.token, "last_task": self.last_task, "region": self.state["region"],
+                          "profile": self.state["profile"], "timeout_text": self.state["timeout_text"]})
+            # A watcher that hangs is noticed as fast as in the wait; one just started gets longer.
+            answer = channel.receive(WATCHER_ANSWER_SECONDS if start else silence)
+        except (OSError, ValueError):
+            answer = None
+        if not answer or answer.get("op") != "watching":
+            sock.close()
+            return None
+        return channel
+
+    def resume_state(self, resume: Dict[str, Any]) -> Dict[str, Any]:
+        if self.signals and "interrupted_by" not in resume and resume.get("mode") == "adopt":
+            resume["interrupted_by"] = self.signals[0]
+        resume.update(state=self.state, tail=self.tail, log_token=self.token, last_task=self.last_task,
+                      stop_asked=self.stop_asked, silenced=self.silenced)
+        return resume
+
+    def finish(self, channel: LineChannel, final: Dict[str, Any]) -> None:
+        """The watcher's warm launcher judges and prints, with our streams and the same code as
+        the full ecsbatch (and from memory: a release pruned meanwhile does not matter); if it
+        cannot, the full ecsbatch does it here."""
+        resume = self.resume_state({"mode": "final", "final": final})
+        try:
+            channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
+            while True:
+                answer = channel.receive(WATCHER_ANSWER_SECONDS * 4)
+                if answer is None or answer.get("op") in ("exit", "refused"):
+                    break
+        except (OSError, ValueError):
+            answer = None
+        if answer is not None and answer.get("op") == "exit":
+            self.unregister()
+            os._exit(int(answer.get("code") or 0))
+        channel.sock.close()
+        self.exec_full(resume)
+
+    def handle(self, channel: LineChannel, message: Dict[str, Any]) -> None:
+        op = message.get("op")
+        for line in message.get("progress") or []:
+            self.progress(line)
+        for line in message.get("lines") or []:
+            self.log_line(line)
+        if "token" in message:
+            self.token = message["token"]
+        if message.get("task") is not None:
+            self.last_task = message["task"]
+        if message.get("stop_sent"):
+            self.stop_sent = True
+        if op == "final":
+            self.finish(channel, message)
+        elif op == "refused":  # the watcher could not end the watch: we do it, with the same code
+            channel.sock.close()
+            self.fall_back(f"could not end the wait ({message.get('why')})")
+
+    def run(self) -> None:
+        import select
+
+        wake = self.install_signals()
+        # It says "alive" every second: silence longer than a poll interval (within bounds) is a hang.
+        silence = max(WATCHER_SILENCE_FLOOR, min(float(self.state["poll_interval"]), 30.0))
+        deadline = self.state.get("deadline")
+        channel = self.connect(silence)
+        if channel is None:
+            self.fall_back("could not take the task over")
+        heard = time.monotonic()
+        reconnected = False
+        while True:
+            if self.signals and not self.stop_asked:
+                self.ask_stop(channel, {"signal": self.signals[0]})
+            if deadline is not None and time.monotonic() >= deadline and not self.stop_asked:
+                self.ask_stop(channel, {"timeout": True})
+            wait = silence - (time.monotonic() - heard)
+            if deadline is not None and not self.stop_asked:
+                wait = min(wait, deadline - time.monotonic())
+            if b"\n" in channel.buffer:  # a whole message is here already
+                ready = [channel.sock]
+            else:
+                ready = select.select([channel.sock, wake], [], [], max(0.0, wait))[0]
+            if wake in ready:
+                try:
+                    os.read(wake, 64)
+                except OSError:
+                    pass
+            if channel.sock in ready:
+                try:
+                    message = channel.receive(0.0)  # never wait on half a message: signals come first
+                except TimeoutError:
+                    heard = time.monotonic()  # it is talking
+                    continue
+                except (OSError, ValueError):
+                    message = None
+                if message is None:  # the watcher went away: a new one may take over
+                    channel.sock.close()
+                    again = None if reconnected or self.stop_asked else self.connect(silence)
+                    if again is None:
+                        self.fall_back("went away")
+                    channel, reconnected, heard = again, True, time.monotonic()
+                    continue
+                heard = time.monotonic()
+                self.handle(channel, message)
+            elif time.monotonic() - heard >= silence:
+                channel.sock.close()
+                self.fall_back(f"said nothing for {silence:g}s")
+
+    def ask_stop(self, channel: LineChannel, why: Dict[str, Any]) -> None:
+        try:
+            channel.send(dict(why, op="stop"))
+            self.stop_asked = True
+        except OSError:
+            self.fall_back("could not be asked to stop the task")
+
+
+def local_timestamp() -> str:
+    """What datetime.now().astimezone().isoformat(timespec="seconds") says, without datetime."""
+    now = time.localtime()
+    offset = now.tm_gmtoff or 0
+    sign, offset = ("+" if offset >= 0 else "-"), abs(offset)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", now) + f"{sign}{offset // 3600:02d}:{offset % 3600 // 60:02d}"
+
+
+def thin_code(text: str, path: str) -> bytes:
+    """What the thin runner runs: this section up to its full part, compiled (line numbers as in
+    the file) and marshalled for this very interpreter."""
+    import __future__
+    import marshal
+
+    start = text.index(THIN_HEADING) + 1
+    source = "\n" * text.count("\n", 0, start) + text[start:text.index(THIN_END)]
+    return marshal.dumps(compile(source, path, "exec", __future__.annotations.compiler_flag, True))
+
+
+def take_fallback_slot(directory: str) -> Optional[int]:
+    """One of FALLBACK_SLOTS flock'ed files, held (across exec) until this process exits."""
+    import fcntl
+
+    for number in range(FALLBACK_SLOTS):
+        path = os.path.join(directory, f"fallback.{number}.lock")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        os.set_inheritable(fd, True)
+        return fd
+    return None
+
+
+def memory_file(name: str, data: bytes) -> int:
+    """An inheritable memory file holding `data`, read from its start."""
+    fd = os.memfd_create(name, 0)
+    while data:
+        data = data[os.write(fd, data):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
+    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
+    argument before `extra` when it is given (the thin runner)."""
+    fd = memory_file("ecsbatch-state", encode_message(state))
+    env = dict(os.environ)
+    if extra is not None:
+        argv = argv + [str(fd)] + extra
+        env.pop(RESUME_FD_ENV, None)
+    else:
+        env[RESUME_FD_ENV] = str(fd)
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running\n".encode())
+        os._exit(125)
+
+
+def read_state(fd: int) -> Dict[str, Any]:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return decode_message(b"".join(chunks).rstrip(b"\n"))
+
+
+def thin_main(argv: List[str]) -> None:
+    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py CODE_FD STATE_FD SCRIPT ARGS...`: the thin runner."""
+    ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
+
+
+# --- where runners and watchers meet ------------------------------------------------------------
+
+ECSBATCH_FILE = os.path.abspath(__file__)
+
+
+def temp_dir() -> str:
+    """The temporary directory as tempfile.gettempdir() mostly finds it, without importing tempfile
+    (random, shutil and more: a thin start cannot afford them)."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        path = os.environ.get(name)
+        if path and os.path.isdir(path):
+            return os.path.abspath(path)
+    return "/tmp"
+
+
+def runtime_dirs() -> List[str]:
+    """Where runners register and watchers listen: $XDG_RUNTIME_DIR/ecsbatch, then a private
+    directory under the temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset)."""
+    dirs = []
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
+    dirs.append(os.path.join(temp_dir(), f"ecsbatch-{os.getuid()}"))
+    return dirs
+
+
+def sha256_hex(data: bytes) -> str:
+    """hashlib's sha256 without hashlib, whose OpenSSL costs a thin start 12 ms."""
+    try:
+        from _sha256 import sha256  # Python 3.9-3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore  # Python 3.12+
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def private_dir(path: str, *, create: bool) -> bool:
+    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
+    import stat
+
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except OSError:
+            pass
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
+    there is no such process or it has exited (a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
+
+
+def credential_context(environ: Mapping[str, str], region: Optional[str], profile: Optional[str]) -> str:
+    """A digest of everything that selects credentials or where calls go: every AWS_* variable,
+    proxies and CA bundles, --region and --profile, and the identity (path, size, mtime) of the
+    config, credential and web-identity token files. Two runs share a watcher only if equal."""
+    items = sorted([k, v] for k, v in environ.items()
+                   if k.startswith(CONTEXT_ENV_PREFIXES) or k in CONTEXT_ENV_NAMES)
+    files = []
+    for name in CONTEXT_FILES:
+        path = os.path.expanduser(name) if name.startswith("~") else environ.get(name)
+        if path:
+            try:
+                info = os.stat(path)
+                files.append([path, info.st_size, info.st_mtime_ns, info.st_ino])
+            except OSError:
+                files.append([path, None, None, None])
+    text = encode_message({"uid": os.getuid(), "env": items, "files": files, "region": region, "profile": profile})
+    return sha256_hex(text)
+
+
+def release_id(path: str) -> str:
+    """What tells two installed releases apart: the protocol, the file itself and the Python
+    (the thin runner's code is marshalled for one interpreter)."""
+    try:
+        info = os.stat(path)
+        ident = f"{path}:{info.st_size}:{info.st_mtime_ns}:{sys.implementation.cache_tag}"
+    except OSError:
+        ident = path
+    return f"{WATCHER_PROTOCOL}-{sha256_hex(ident.encode('utf-8', 'surrogateescape'))[:12]}"
+
+
+def watcher_paths(context: str, release: str) -> Optional[Dict[str, str]]:
+    """The socket, the locks and the ticket key of one watcher, in the first private runtime
+    directory; None when there is none (then there is no watcher)."""
+    for directory in runtime_dirs():
+        if private_dir(directory, create=True):
+            base = os.path.join(directory, f"w{release}-{context[:16]}")
+            paths = {"dir": directory, "socket": base + ".sock", "lock": base + ".lock", "start": base + ".start",
+                     "key": os.path.join(directory, f"w{context[:16]}.key")}
+            if os.environ.get(WATCHER_SOCKET_ENV):
+                paths["socket"] = os.environ[WATCHER_SOCKET_ENV]
+            if len(os.fsencode(paths["socket"])) >= SOCKET_PATH_LIMIT:
+                return None
+            return paths
+    return None
+
+
+def watcher_command(region: Optional[str], profile: Optional[str]) -> List[str]:
+    command = [sys.executable, ECSBATCH_FILE, "watcher", "--detach"]
+    if os.environ.get(WATCHER_IDLE_ENV):
+        command += ["--idle", os.environ[WATCHER_IDLE_ENV]]
+    return command + (["--region", region] if region else []) + (["--profile", profile] if profile else [])
+
+
+def standard_fds() -> List[int]:
+    """fds 0, 1 and 2 to lend to the launch: /dev/null in place of one that is closed."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+
+# --- a run handed to the watcher -----------------------------------------------------------------
+
+WATCHER_OFF_VALUES = ("off", "0", "no", "false")
+# Options whose values change the credential context: a run that names them is never handed to
+# the watcher of the environment's context from the top of the file. (The launch child checks
+# the parsed context anyway and declines; this only spares the round trip.)
+CONTEXT_OPTIONS = ("--region", "--profile", "--debug")
+
+
+def watcher_allowed(environ: Mapping[str, str]) -> bool:
+    """The shared watcher is used unless ECSBATCH_WATCHER says off, on a system that has what it
+    needs (Linux's SO_PEERCRED, SCM_RIGHTS and memfd_create)."""
+    return (environ.get(WATCHER_ENV, "on").strip().lower() not in WATCHER_OFF_VALUES
+            and sys.platform.startswith("linux") and hasattr(os, "memfd_create"))
+
+
+def thin_start_wanted(argv: List[str], environ: Mapping[str, str]) -> bool:
+    """Is this process `ecsbatch run` as its users start it, to be handed to the watcher before the
+    rest of the file loads? Not a parser: anything unusual goes the full way, and parses there."""
+    if len(argv) < 2 or argv[1] != "run" or os.path.basename(argv[0]) not in ("ecsbatch", "ecsbatch.py"):
+        return False
+    options = argv[2:argv.index("--")] if "--" in argv else argv[2:]
+    return (watcher_allowed(environ) and not environ.get(RESUME_FD_ENV)
+            and not any(arg.startswith(CONTEXT_OPTIONS) for arg in options))
+
+
+def exit_for_signal(signum: int) -> int:
+    """128 + the signal's number, as EXIT_FOR_SIGNAL (section 2) says for the four it handles."""
+    return 128 + signum
+
+
+# What the thin start at the top of the file found: the full `run` does not try a watcher of
+# the same context again.
+THIN_START: Dict[str, Any] = {}
+
+
+def run_through_watcher(args: List[str], *, region: Optional[str], profile: Optional[str]) -> Optional[str]:
+    """Have the shared watcher launch this `run`, then become the thin runner (never returns).
+
+    `args` are the command line as given; the watcher's launch child parses them with the same
+    click parser as always, and declines (before any AWS call) when their --region, --profile or
+    --debug make this run another context's. Returns, having sent nothing that launches, when
+    the watcher cannot take the run: then the run goes on by itself, as without the watcher, and
+    what is returned, if anything, says why (for the run to say, within its -q budget)."""
+    import _signal
+
+    context = credential_context(os.environ, region, profile)
+    if THIN_START.get("unreachable") == context:
+        return None
+    paths = watcher_paths(context, release_id(ECSBATCH_FILE))
+    if paths is None:
+        return None
+    received: List[int] = []
+    child: List[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for pid in child:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
+    before = {signum: _signal.getsignal(signum) for signum in numbers}
+    for signum in numbers:
+        if before[signum] != _signal.SIG_IGN:
+            _signal.signal(signum, on_signal)
+
+    def give_up(why: Optional[str]) -> Optional[str]:
+        """Nothing was launched: the run goes on by itself, or ends for the signal it got."""
+        for signum, handler in before.items():
+            _signal.signal(signum, handler if handler is not None else _signal.SIG_DFL)
+        if why is not None:
+            THIN_START["unreachable"] = context
+        if received:
+            resume_full(args, {"mode": "interrupted", "signal": received[0]})
+        return why
+
+    sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
+    if sock is None:
+        return give_up("no watcher could be started or reached")
+    channel = LineChannel(sock)
+    try:
+        channel.send({"op": "hello", "context": context, "release": __version__})
+        answer = channel.receive(WATCHER_ANSWER_SECONDS)
+        if not answer or answer.get("op") != "hello":
+            raise ValueError((answer or {}).get("why") or "no answer")
+        pid = os.getpid()
+        channel.send({"op": "launch", "context": context, "argv": args, "cwd": os.getcwd(), "env": dict(os.environ),
+                      "region": region, "profile": profile,
+                      "encodings": [getattr(sys.stdout, "encoding", None) or "utf-8",
+                                    getattr(sys.stderr, "encoding", None) or "utf-8"],
+                      "runner": {"pid": pid, "start": process_start_time(pid)}},
+                     fds=standard_fds())
+        answer = channel.receive(WATCHER_ANSWER_SECONDS)
+        if not answer or answer.get("op") != "launching":
+            raise ValueError((answer or {}).get("why") or "no answer")
+    except (OSError, ValueError) as exc:  # nothing was launched: the launch child never got "go"
+        sock.close()
+        return give_up(f"the watcher cannot be used ({' '.join(str(exc).split())})")
+    if received:  # before "go": nothing was launched, and nothing will be
+        sock.close()
+        return give_up(None)
+    child.append(int(answer["pid"]))
+    message: Optional[Dict[str, Any]] = None
+    try:
+        channel.send({"op": "go"})
+    except OSError:
+        pass  # the child reads "go" or EOF: what it did, it says below
+    while True:
+        try:
+            message = channel.receive(None)
+        except (OSError, ValueError):
+            message = None
+        if message is None or message.get("op") in ("exit", "handoff", "decline"):
+            break
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if message is not None and message.get("op") == "decline":
+        sock.close()
+        return give_up(None)
+    if message is None and received:  # the launch child ended on our signal and said so
+        os._exit(exit_for_signal(received[0]))
+    if message is None:
+        resume_full(args, {"mode": "lost"})
+    if message.get("op") == "exit":
+        os._exit(int(message.get("code") or 0))
+    # `ps` shows the job's own command line after the state's fd; the end runs the same script.
+    state = dict(message["state"], argv=args, script=runner_script(), context=context, paths=paths,
+                 watcher_command=watcher_command(region, profile), pending=received[:1])
+    code = memory_file("ecsbatch-thin", decode_code(message["code"]))
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, numbers)
+    sock.close()
+    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE, str(code)], state,
+                    extra=[state["script"]] + args)
+
+
+def runner_script() -> str:
+    """What runs the full ecsbatch again, for the end of a job: the script this process was
+    started as (the console script), else this file."""
+    return os.path.abspath(sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else ECSBATCH_FILE)
+
+
+def resume_full(args: List[str], resume: Dict[str, Any]) -> None:
+    """Exec the full ecsbatch (same pid) to end this run as it says: a launch child lost without
+    a word, or a signal before anything was launched. Its main() prints the line."""
+    exec_with_state([sys.executable, runner_script()] + list(args), resume)
+
+
+def encode_code(code: bytes) -> str:
+    import binascii
+
+    return binascii.b2a_base64(code, newline=False).decode("ascii")
+
+
+def decode_code(text: str) -> bytes:
+    import binascii
+
+    return binascii.a2b_base64(text)
+
+# --- the end of the thin runner ---------------------------------------------------------------
+
+if __name__ in ("ecsbatch", "__main__") and thin_start_wanted(sys.argv, os.environ):
+    THIN_START["why"] = run_through_watcher(sys.argv[1:], region=None, profile=None)
 
 import collections
 import contextlib
@@ -26,22 +939,17 @@ import copy
 import datetime
 import io
 import json
-import os
 import random
 import re
 import signal
-import sys
 import threading
-import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Protocol, Tuple
 
 import click
 
-__version__ = "0.1.0"
-
 
 # ---------------------------------------------------------------------------------------------
-# 1. The contract: exit codes, constants, exception types
+# 2. The contract: exit codes, constants, exception types
 # ---------------------------------------------------------------------------------------------
 
 # 0-255 is the exit code of the container that counts. Everything else is ecsbatch's own word:
@@ -301,7 +1209,7 @@ def one_line(text: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Request files: reading, YAML, templating, validation, pinning
+# 3. Request files: reading, YAML, templating, validation, pinning
 # ---------------------------------------------------------------------------------------------
 
 
@@ -979,7 +1887,7 @@ def write_atomically(path: str, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The verdict: judgment, summaries, failure context
+# 4. The verdict: judgment, summaries, failure context
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1457,7 +2365,7 @@ def judged_kind(exit_code: int, task: Mapping[str, Any], *, late_stop: bool = Fa
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. AWS: clients, wrappers, errors, redaction
+# 5. AWS: clients, wrappers, errors, redaction
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1996,7 +2904,7 @@ def latest_registered(ecs: Any, family: str) -> Tuple[Optional[Dict[str, Any]], 
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Waiting: signal guard, poller, supervisor, log follower
+# 6. Waiting: signal guard, poller, supervisor, log follower
 # ---------------------------------------------------------------------------------------------
 
 
@@ -2184,10 +3092,12 @@ class KnownTask:
 def register_runner(key: str) -> Optional[str]:
     """Record this runner under its key until it exits, in each runtime directory (a stop command
     may run with another environment). Returns the first file, or None if no private directory
-    could be used (then `stop` still finds the tasks in ECS)."""
+    could be used (then `stop` still finds the tasks in ECS). A launch child of the watcher
+    records its runner; the runner removes the entries when it ends."""
     import atexit
 
-    start = process_start_time(os.getpid())
+    pid, start = runner_identity()
+    start = start or None
     first: Optional[str] = None
     directories = [d for d in runtime_dirs() if start is not None and private_dir(d, create=True)]
     # Under the key's lock, the runners already registered are exactly those before this one:
@@ -2195,18 +3105,19 @@ def register_runner(key: str) -> Optional[str]:
     with registry_lock(directories[-1] if directories else None, key):
         before = registered_runners(key)
         for directory in directories:
-            path = os.path.join(directory, runner_file_name(key, os.getpid()))
+            path = os.path.join(directory, runner_file_name(key, pid))
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             except OSError:
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"pid": os.getpid(), "start": start, "key": key}, handle)
-            atexit.register(unregister_runner, path)
+                json.dump({"pid": pid, "start": start, "key": key}, handle)
+            if WATCHER_CHILD is None:
+                atexit.register(unregister_runner, path)
             OWN_ENTRIES.append(path)
             first = first or path
     if first is not None:
-        REGISTERED_BEFORE[key] = [runner for runner in before if runner[0] != os.getpid()]
+        REGISTERED_BEFORE[key] = [runner for runner in before if runner[0] != pid]
     return first
 
 
@@ -3132,7 +4043,7 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Output: progress, quiet budget, result line, safe streams, syslog
+# 7. Output: progress, quiet budget, result line, safe streams, syslog
 # ---------------------------------------------------------------------------------------------
 
 
@@ -3625,7 +4536,7 @@ def emit_summary(as_json: bool, summary: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Commands: shared options, then thin click shells
+# 8. Commands: shared options, then thin click shells
 # ---------------------------------------------------------------------------------------------
 
 
@@ -3867,15 +4778,18 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
         ecsbatch run --launch-timeout 10m --rerun-on-interruption 1 --rerun-capacity-provider FARGATE
         ecsbatch run --dry-run --var SUBNET_ID=subnet-0abc
     """
+    decline_unless_ours(region, profile, debug)
     setup_debug(debug)
     guard = SignalGuard()
     guard.install()
     timeout = parse_duration(timeout_text) if timeout_text else None
     env = parse_assignments(env_pairs, "-e/--env", identifier=False)
     started_by = chosen_started_by(started_by, job_key)
+    why = THIN_START.pop("why", None)  # the thin start's, at the top of the file
     if watcher_wanted(dry_run=dry_run, debug=debug):  # returns only if the watcher cannot launch it
-        launch_through_watcher(list(COMMAND_ARGS), region=region, profile=profile,
-                               own_key=started_by if started_by not in (None, DEFAULT_STARTED_BY) else None)
+        why = run_through_watcher(list(COMMAND_ARGS), region=region, profile=profile) or why
+    if why:
+        progress(f"{why}; this run waits by itself")
     request = load_request(path, template_variables(variables))
     for key, value in (("cluster", cluster), ("taskDefinition", task_definition), ("startedBy", started_by)):
         if value is not None:
@@ -3910,8 +4824,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     # A key of this job's own, from the command line: never the shared default, never the file's.
     own_key = started_by if started_by != DEFAULT_STARTED_BY else None
     if own_key is not None:
-        if WATCHER_CHILD is None:  # a launch child: its runner registered itself
-            register_runner(own_key)  # so that `ecsbatch stop --job-key` reaches this runner
+        register_runner(own_key)  # so that `ecsbatch stop --job-key` reaches this runner
         decision = decide_rerun(ecs, cluster_name, own_key, digest, if_running, poll_interval=poll_interval)
         if decision.action in ("refuse", "fail"):
             code = EXIT_ALREADY_RUNNING if decision.action == "fail" else EXIT_USAGE
@@ -4271,703 +5184,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     sys.exit(result if isinstance(result, int) else 0)
 
 
-
 # ---------------------------------------------------------------------------------------------
-# 8. The shared watcher: protocol, thin runner, watcher
+# 9. The shared watcher: launch children, the resumed ending, the watcher itself
 # ---------------------------------------------------------------------------------------------
-# One watcher per user and credential context does the AWS work of every `run` of that user
-# (ECSBATCH_WATCHER=on): it launches (in a child forked from a warm process, with the runner's
-# own stdin/stdout/stderr, cwd, environment and arguments, so the launch is `run`'s own code),
-# polls every watched task with one DescribeTasks per interval, reads the logs on the same
-# clock and, when asked, stops a task. A runner, once its task is launched, execs itself into
-# the stdlib-only loop below (same pid: the scheduler's signals, the runner registry and the
-# exit status stay right) and at the end back into the full ecsbatch, which judges and prints
-# with the same code as a run without the watcher. If the watcher is gone or hangs, the runner
-# re-adopts its task through a new watcher or, staggered and a few at a time, waits by itself.
-#
-# Everything from this heading to the end of the file runs on its own under `python -I -S`
-# (see THIN_BOOTSTRAP): only the standard library at the top level, nothing from sections 1-7
-# at import time. Functions that need the rest (marked "full") are only called by full ecsbatch.
-
-WATCHER_PROTOCOL = 1  # bump on any change to the messages; a mismatch falls back, never misjudges
-WATCHER_ENV = "ECSBATCH_WATCHER"  # "on" uses the watcher; unset or "off" runs as before
-WATCHER_IDLE_ENV = "ECSBATCH_WATCHER_IDLE"  # seconds a watcher with nothing to do lives on
-WATCHER_SOCKET_ENV = "ECSBATCH_WATCHER_SOCKET"  # a socket of systemd's, instead of one per context
-RESUME_FD_ENV = "ECSBATCH_RESUME_FD"  # full ecsbatch: finish or adopt the job in this state
-DEFAULT_WATCHER_IDLE = 120.0
-WATCHER_HEARTBEAT = 1.0  # the watcher says "alive" to every runner this often
-WATCHER_SILENCE_FLOOR = 5.0  # a runner gives up on a watcher silent for max(this, --poll-interval)
-WATCHER_START_SECONDS = 20.0  # how long a runner waits for a watcher it started
-WATCHER_ANSWER_SECONDS = 15.0  # how long a runner waits for a watcher's first answer
-WATCHER_BUFFER_LIMIT = 1 << 20  # bytes queued for, or from, one runner before it is cut off
-WATCHER_STALL_SECONDS = 600.0  # a poll cycle stuck this long: stop saying "alive", runners fall back
-WATCHER_LOG_READERS = 8
-SOCKET_PATH_LIMIT = 104  # sun_path holds 108 bytes on Linux  # GetLogEvents calls in flight at once
-FALLBACK_SLOTS = 4  # runners that may load botocore at once to wait by themselves
-FALLBACK_STAGGER = 2.0  # a falling-back runner first waits a random part of this (or the interval)
-THIN_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM")
-# Everything that selects credentials or where calls go: one watcher per distinct set.
-CONTEXT_ENV_PREFIXES = ("AWS_",)
-CONTEXT_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "HOME",
-                     "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
-CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE")
-# The thin runner runs this: it compiles the file from this section's heading to the end.
-# The thin runner runs this on the code the runner hands it in a memory file (thin_code: this
-# section up to its full part, compiled by the runner and marshalled: compiling it here would
-# cost two megabytes), so that a release pruned under the job does not matter either. Builtin
-# modules only: a waiting runner stays near bare Python.
-THIN_BOOTSTRAP = ("import marshal, os, sys\n"
-                  "f, parts = int(sys.argv[2]), []\n"
-                  "while True:\n"
-                  "    part = os.read(f, 1 << 16)\n"
-                  "    if not part:\n"
-                  "        break\n"
-                  "    parts.append(part)\n"
-                  "os.close(f)\n"
-                  "g = {'__name__': 'ecsbatch_thin', '__file__': sys.argv[1]}\n"
-                  "exec('import errno, os, select, sys, time, _json, _signal, _socket', g)\n"
-                  "exec(marshal.loads(b''.join(parts)), g)\n"
-                  "del parts\n"
-                  "g['thin_main'](sys.argv[3:])\n")
-THIN_HEADING = "\n# 8. The shared watcher:"
-THIN_END = "\n# --- full ecsbatch:"
-
-
-def peer_credentials(sock: Any) -> Tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    import _socket
-
-    data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    return tuple(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8))  # type: ignore
-
-
-class _WireScanner:
-    """What _json's C scanner reads of json.JSONDecoder: the json package imports re, a megabyte
-    that a thin runner does without."""
-
-    strict = True
-    object_pairs_hook = None
-    parse_float, parse_int = float, int
-
-    def __init__(self, object_hook: Any) -> None:
-        self.object_hook = object_hook
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        return float(name.replace("Infinity", "inf"))
-
-
-def _wire_default(value: Any) -> Any:
-    datetime_module = sys.modules.get("datetime")
-    if datetime_module is not None and isinstance(value, datetime_module.datetime):
-        return {"$dt": value.isoformat()}
-    return str(value)
-
-
-def _wire_hook(value: Dict[str, Any]) -> Any:
-    """{"$dt": ISO 8601} back to a datetime, where datetime is loaded (not in the thin runner,
-    which passes such values on as they came)."""
-    datetime_module = sys.modules.get("datetime")
-    if datetime_module is not None and len(value) == 1 and "$dt" in value:
-        try:
-            return datetime_module.datetime.fromisoformat(value["$dt"])
-        except (ValueError, TypeError):
-            return value
-    return value
-
-
-def encode_message(message: Mapping[str, Any]) -> bytes:
-    """One protocol message: a JSON object on one line, datetimes as {"$dt": ISO 8601}."""
-    import _json
-
-    encoder = _json.make_encoder({}, _wire_default, _json.encode_basestring_ascii, None, ": ", ", ", False,
-                                 False, True)
-    return ("".join(encoder(dict(message, v=WATCHER_PROTOCOL), 0)) + "\n").encode("ascii")
-
-
-def decode_message(line: bytes) -> Dict[str, Any]:
-    """A protocol message back, datetimes restored; a message of another version is refused."""
-    import _json
-
-    text = line.decode("utf-8").strip()
-    try:
-        message, end = _json.make_scanner(_WireScanner(_wire_hook))(text, 0)
-    except StopIteration:
-        raise ValueError("not a JSON message") from None
-    if end != len(text):
-        raise ValueError("not one JSON message")
-    if not isinstance(message, dict) or message.get("v") != WATCHER_PROTOCOL:
-        raise ValueError(f"protocol {message.get('v') if isinstance(message, dict) else '?'}, "
-                         f"not {WATCHER_PROTOCOL}")
-    return message
-
-
-class LineChannel:
-    """Messages over a blocking Unix stream socket, one JSON line each, with a deadline per read."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock, self.buffer = sock, b""
-
-    def send(self, message: Mapping[str, Any], fds: Optional[List[int]] = None) -> None:
-        import _socket
-
-        data = encode_message(message)
-        if fds:  # SCM_RIGHTS, as socket.send_fds sends them
-            rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
-            sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
-            data = data[sent:]
-        self.sock.sendall(data)
-
-    def receive(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
-        """The next message; None at EOF. Raises TimeoutError (socket.timeout) when none came in time,
-        ValueError for a message of another protocol."""
-        import select
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            if len(self.buffer) > WATCHER_BUFFER_LIMIT:
-                raise ValueError("message too long")
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self.sock], [], [], left)[0]:
-                raise TimeoutError("no answer")
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return decode_message(line)
-
-
-def connect_watcher(path: str, timeout: float) -> Optional[Any]:
-    """A connection to the watcher listening at `path`, checked to run as this user; None if none."""
-    import _socket
-
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        if peer_credentials(sock)[1] != os.getuid():
-            raise OSError("the watcher's socket belongs to another user")
-    except OSError:
-        sock.close()
-        return None
-    sock.settimeout(None)
-    return sock
-
-
-def socket_owned_by_me(path: str) -> bool:
-    """Is `path` a socket of this user (lstat: a link is not)? Checked before it is used."""
-    import stat
-
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
-
-
-def lock_held(path: str) -> bool:
-    """Does a live process hold the flock on `path` (a watcher on its lock file)?"""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> Optional[Any]:
-    """Connect to the watcher of this context, starting it when none listens. One runner starts
-    it (a lock); the others wait for its socket. Returns the connection, or None."""
-    import fcntl
-    import subprocess
-
-    deadline = time.monotonic() + wait
-    started = False
-    while True:
-        if socket_owned_by_me(paths["socket"]):
-            sock = connect_watcher(paths["socket"], min(5.0, max(0.1, deadline - time.monotonic())))
-            if sock is not None:
-                return sock
-        if os.environ.get(WATCHER_SOCKET_ENV):
-            return None  # a socket of systemd's: never start one of ours in its place
-        if not started:
-            try:
-                fd = os.open(paths["start"], os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            except OSError:
-                return None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # another runner is starting it
-                os.close(fd)
-            else:
-                try:
-                    started = True
-                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
-                    spawned = time.monotonic()
-                    while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
-                        if time.monotonic() - spawned > 10.0 and not lock_held(paths["lock"]):
-                            return None  # it did not get as far as its lock: it failed to start
-                        time.sleep(0.02)
-                finally:
-                    os.close(fd)
-                continue
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.05)
-
-
-# --- the thin runner: stdlib only ---------------------------------------------------------------
-
-
-class ThinRunner:
-    """The waiting half of `run` while a watcher does the AWS work: relays log and progress
-    lines, keeps the log tail, owns the deadline and the signals, and at the end execs into the
-    full ecsbatch (the same pid) with what happened, to be judged and printed as always."""
-
-    def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
-        self.state, self.file = state, ecsbatch_file
-        self.signals: List[int] = list(state.get("pending") or [])  # came as the launch handed over
-        self.tail: List[str] = []
-        self.tail_size = 0
-        self.token: Optional[str] = state.get("log_token")
-        self.last_task: Optional[Dict[str, Any]] = state.get("last_task")
-        self.silenced: Dict[str, str] = dict(state.get("silenced") or {})
-        self.syslog = None
-        if state.get("syslog"):
-            import _socket
-
-            try:
-                self.syslog = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-                self.syslog.connect(state["syslog"])
-                self.syslog.setblocking(False)
-            except OSError:
-                self.syslog = None
-        self.stop_asked = False
-        self.stop_sent = False
-
-    # output
-    def write(self, fd: int, line: str) -> None:
-        """As SilencingWriter writes: a stream that fails is silenced, never the job."""
-        import errno
-        import select
-
-        name = "stdout" if fd == 1 else "stderr"
-        if name in self.silenced:
-            return
-        data = (line + "\n").encode(self.state["encodings"][0 if fd == 1 else 1], "replace")
-        try:
-            while data:
-                try:
-                    data = data[os.write(fd, data):]
-                except BlockingIOError:
-                    select.select([], [fd], [], 1.0)
-        except OSError as exc:
-            self.silenced[name] = "was closed" if exc.errno == errno.EPIPE else f"failed ({exc.strerror or exc})"
-            self.progress(f"{name} {self.silenced[name]}: nothing more is printed there; the job goes on")
-
-    def progress(self, message: str, severity: int = 6) -> None:
-        if self.syslog is not None:
-            try:
-                text = " ".join(message.split())
-                self.syslog.send(f"<{8 + severity}>ecsbatch[{os.getpid()}]: {text}".encode("utf-8", "replace")
-                                 [:self.state["syslog_limit"]])
-            except OSError:
-                pass
-        if not self.state["output"]["quiet"]:
-            self.write(2, f"{local_timestamp()} ecsbatch: {message}")
-
-    def log_line(self, line: str) -> None:
-        if not self.state["output"]["quiet"]:
-            self.write(2 if self.state["as_json"] else 1, line)
-        self.tail.append(line)
-        self.tail_size += len(line) + 1
-        while len(self.tail) > self.state["tail_lines"] and \
-                self.tail_size - len(self.tail[0]) - 1 >= self.state["output"]["limit"]:
-            self.tail_size -= len(self.tail.pop(0)) + 1
-
-    # signals (_signal: the signal module imports enum, half a megabyte)
-    def install_signals(self) -> int:
-        import _signal
-
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        os.set_blocking(read_fd, False)
-        _signal.set_wakeup_fd(write_fd)
-        numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
-        for signum in numbers:
-            if signum == _signal.SIGHUP and _signal.getsignal(signum) == _signal.SIG_IGN:
-                continue  # nohup: whoever started the job asked it to outlive the session
-            _signal.signal(signum, self.on_signal)
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, numbers)  # blocked by the exec that brought us here
-        return read_fd
-
-    def on_signal(self, signum: int, frame: Any) -> None:
-        self.signals.append(signum)
-        if len(self.signals) > 1:
-            first = self.signals[0]
-            arn = self.state["task_arn"]
-            said = (f"exiting now; StopTask was sent for task {arn.rsplit('/', 1)[-1]}" if self.stop_sent else
-                    f"exiting now; task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: "
-                    f"{self.state['stop_command']}")
-            import _signal
-
-            name = next((n for n in THIN_SIGNALS if getattr(_signal, n) == signum), str(signum))
-            self.write(2, f"ecsbatch: second {name}: {said}")
-            self.unregister()
-            os._exit(self.state["exit_for_signal"][str(first)])
-
-    def unregister(self) -> None:
-        for path in self.state.get("registry") or []:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
-    # the end: exec the full ecsbatch
-    def exec_full(self, resume: Dict[str, Any]) -> None:
-        import _signal
-
-        if not os.path.isfile(self.state["script"]):  # the release was pruned under the job
-            arn = self.state["task_arn"]
-            self.write(2, f"ecsbatch: error: the watcher cannot finish this job and {self.state['script']} is gone "
-                          f"(a release pruned under it): task {arn.rsplit('/', 1)[-1]} may still be running: "
-                          f"stop it with: {self.state['stop_command']}")
-            self.unregister()
-            os._exit(125)
-        _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
-        resume = self.resume_state(resume)
-        exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
-
-    def fall_back(self, why: str) -> None:
-        """No watcher: wait by ourselves, with botocore, but only a few runners at a time."""
-        import random
-
-        self.progress(f"the watcher {why}; this runner waits on its task by itself")
-        if not self.signals:
-            pause = random.uniform(0.0, min(FALLBACK_STAGGER, float(self.state["poll_interval"])))
-            self.wait_for_signal(pause)
-        slot = None
-        while not self.signals and slot is None:
-            slot = take_fallback_slot(self.state["paths"]["dir"])
-            if slot is None:
-                self.wait_for_signal(0.25)
-        self.exec_full({"mode": "adopt"})
-
-    def wait_for_signal(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self.signals and time.monotonic() < end:
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-
-    # the watcher
-    def connect(self, silence: float) -> Optional[LineChannel]:
-        """Hand our task to the watcher, or to a new one when none lives (its lock is free)."""
-        paths = self.state["paths"]
-        start = not lock_held(paths["lock"]) and not os.environ.get(WATCHER_SOCKET_ENV)
-        sock = (start_watcher(self.state["watcher_command"], paths, WATCHER_START_SECONDS) if start
-                else connect_watcher(paths["socket"], silence) if socket_owned_by_me(paths["socket"]) else None)
-        if sock is None:
-            return None
-        channel = LineChannel(sock)
-        try:
-            channel.send({"op": "watch", "context": self.state["context"], "task_arn": self.state["task_arn"],
-                          "cluster": self.state["cluster"], "ticket": self.state["ticket"],
-                          "poll_interval": self.state["poll_interval"], "missing_grace": self.state["missing_grace"],
-                          "started": self.state["started"], "log_source": self.state["log_source"],
-                          "log_token": self.token, "last_task": self.last_task, "region": self.state["region"],
-                          "profile": self.state["profile"], "timeout_text": self.state["timeout_text"]})
-            # A watcher that hangs is noticed as fast as in the wait; one just started gets longer.
-            answer = channel.receive(WATCHER_ANSWER_SECONDS if start else silence)
-        except (OSError, ValueError):
-            answer = None
-        if not answer or answer.get("op") != "watching":
-            sock.close()
-            return None
-        return channel
-
-    def resume_state(self, resume: Dict[str, Any]) -> Dict[str, Any]:
-        if self.signals and "interrupted_by" not in resume and resume.get("mode") == "adopt":
-            resume["interrupted_by"] = self.signals[0]
-        resume.update(state=self.state, tail=self.tail, log_token=self.token, last_task=self.last_task,
-                      stop_asked=self.stop_asked, silenced=self.silenced)
-        return resume
-
-    def finish(self, channel: LineChannel, final: Dict[str, Any]) -> None:
-        """The watcher's warm launcher judges and prints, with our streams and the same code as
-        the full ecsbatch (and from memory: a release pruned meanwhile does not matter); if it
-        cannot, the full ecsbatch does it here."""
-        resume = self.resume_state({"mode": "final", "final": final})
-        try:
-            channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
-            while True:
-                answer = channel.receive(WATCHER_ANSWER_SECONDS * 4)
-                if answer is None or answer.get("op") in ("exit", "refused"):
-                    break
-        except (OSError, ValueError):
-            answer = None
-        if answer is not None and answer.get("op") == "exit":
-            self.unregister()
-            os._exit(int(answer.get("code") or 0))
-        channel.sock.close()
-        self.exec_full(resume)
-
-    def handle(self, channel: LineChannel, message: Dict[str, Any]) -> None:
-        op = message.get("op")
-        for line in message.get("progress") or []:
-            self.progress(line)
-        for line in message.get("lines") or []:
-            self.log_line(line)
-        if "token" in message:
-            self.token = message["token"]
-        if message.get("task") is not None:
-            self.last_task = message["task"]
-        if message.get("stop_sent"):
-            self.stop_sent = True
-        if op == "final":
-            self.finish(channel, message)
-        elif op == "refused":  # the watcher could not end the watch: we do it, with the same code
-            channel.sock.close()
-            self.fall_back(f"could not end the wait ({message.get('why')})")
-
-    def run(self) -> None:
-        import select
-
-        wake = self.install_signals()
-        # It says "alive" every second: silence longer than a poll interval (within bounds) is a hang.
-        silence = max(WATCHER_SILENCE_FLOOR, min(float(self.state["poll_interval"]), 30.0))
-        deadline = self.state.get("deadline")
-        channel = self.connect(silence)
-        if channel is None:
-            self.fall_back("could not take the task over")
-        heard = time.monotonic()
-        reconnected = False
-        while True:
-            if self.signals and not self.stop_asked:
-                self.ask_stop(channel, {"signal": self.signals[0]})
-            if deadline is not None and time.monotonic() >= deadline and not self.stop_asked:
-                self.ask_stop(channel, {"timeout": True})
-            wait = silence - (time.monotonic() - heard)
-            if deadline is not None and not self.stop_asked:
-                wait = min(wait, deadline - time.monotonic())
-            if b"\n" in channel.buffer:  # a whole message is here already
-                ready = [channel.sock]
-            else:
-                ready = select.select([channel.sock, wake], [], [], max(0.0, wait))[0]
-            if wake in ready:
-                try:
-                    os.read(wake, 64)
-                except OSError:
-                    pass
-            if channel.sock in ready:
-                try:
-                    message = channel.receive(0.0)  # never wait on half a message: signals come first
-                except TimeoutError:
-                    heard = time.monotonic()  # it is talking
-                    continue
-                except (OSError, ValueError):
-                    message = None
-                if message is None:  # the watcher went away: a new one may take over
-                    channel.sock.close()
-                    again = None if reconnected or self.stop_asked else self.connect(silence)
-                    if again is None:
-                        self.fall_back("went away")
-                    channel, reconnected, heard = again, True, time.monotonic()
-                    continue
-                heard = time.monotonic()
-                self.handle(channel, message)
-            elif time.monotonic() - heard >= silence:
-                channel.sock.close()
-                self.fall_back(f"said nothing for {silence:g}s")
-
-    def ask_stop(self, channel: LineChannel, why: Dict[str, Any]) -> None:
-        try:
-            channel.send(dict(why, op="stop"))
-            self.stop_asked = True
-        except OSError:
-            self.fall_back("could not be asked to stop the task")
-
-
-def local_timestamp() -> str:
-    """What datetime.now().astimezone().isoformat(timespec="seconds") says, without datetime."""
-    now = time.localtime()
-    offset = now.tm_gmtoff or 0
-    sign, offset = ("+" if offset >= 0 else "-"), abs(offset)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", now) + f"{sign}{offset // 3600:02d}:{offset % 3600 // 60:02d}"
-
-
-def thin_code(text: str, path: str) -> bytes:
-    """What the thin runner runs: this section up to its full part, compiled (line numbers as in
-    the file) and marshalled for this very interpreter."""
-    import __future__
-    import marshal
-
-    start = text.index(THIN_HEADING) + 1
-    source = "\n" * text.count("\n", 0, start) + text[start:text.index(THIN_END)]
-    return marshal.dumps(compile(source, path, "exec", __future__.annotations.compiler_flag, True))
-
-
-def take_fallback_slot(directory: str) -> Optional[int]:
-    """One of FALLBACK_SLOTS flock'ed files, held (across exec) until this process exits."""
-    import fcntl
-
-    for number in range(FALLBACK_SLOTS):
-        path = os.path.join(directory, f"fallback.{number}.lock")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        os.set_inheritable(fd, True)
-        return fd
-    return None
-
-
-def memory_file(name: str, data: bytes) -> int:
-    """An inheritable memory file holding `data`, read from its start."""
-    fd = os.memfd_create(name, 0)
-    while data:
-        data = data[os.write(fd, data):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.set_inheritable(fd, True)
-    return fd
-
-
-def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
-    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
-    argument before `extra` when it is given (the thin runner)."""
-    fd = memory_file("ecsbatch-state", encode_message(state))
-    env = dict(os.environ)
-    if extra is not None:
-        argv = argv + [str(fd)] + extra
-        env.pop(RESUME_FD_ENV, None)
-    else:
-        env[RESUME_FD_ENV] = str(fd)
-    try:
-        os.execve(argv[0], argv, env)
-    except OSError as exc:
-        os.write(2, f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running\n".encode())
-        os._exit(125)
-
-
-def read_state(fd: int) -> Dict[str, Any]:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return decode_message(b"".join(chunks).rstrip(b"\n"))
-
-
-def thin_main(argv: List[str]) -> None:
-    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py CODE_FD STATE_FD SCRIPT ARGS...`: the thin runner."""
-    ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
-
-
-# --- full ecsbatch: the runner's side of a launch, the resumed ending, the watcher -------------
-# (these use sections 1-7 and are never called by the thin runner)
-
-
-def runtime_dirs() -> List[str]:
-    """Where runners register and watchers listen: $XDG_RUNTIME_DIR/ecsbatch, then a private
-    directory under the temp directory (sudo and cron often leave XDG_RUNTIME_DIR unset)."""
-    import tempfile
-
-    dirs = []
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        dirs.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "ecsbatch"))
-    dirs.append(os.path.join(tempfile.gettempdir(), f"ecsbatch-{os.getuid()}"))
-    return dirs
-
-
-def private_dir(path: str, *, create: bool) -> bool:
-    """Is `path` a real directory (not a link) of this user that nobody else can use?"""
-    import stat
-
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except OSError:
-            pass
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
-
-
-def process_start_time(pid: int) -> Optional[str]:
-    """The start time of a live process in clock ticks since boot (Linux /proc), or None when
-    there is no such process or it has exited (a zombie waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
-
-
-def credential_context(environ: Mapping[str, str], region: Optional[str], profile: Optional[str]) -> str:
-    """A digest of everything that selects credentials or where calls go: every AWS_* variable,
-    proxies and CA bundles, --region and --profile, and the identity (path, size, mtime) of the
-    config, credential and web-identity token files. Two runs share a watcher only if equal."""
-    import hashlib
-
-    items = sorted((k, v) for k, v in environ.items()
-                   if k.startswith(CONTEXT_ENV_PREFIXES) or k in CONTEXT_ENV_NAMES)
-    files = []
-    for name in CONTEXT_FILES:
-        path = os.path.expanduser(name) if name.startswith("~") else environ.get(name)
-        if path:
-            try:
-                info = os.stat(path)
-                files.append((path, info.st_size, info.st_mtime_ns, info.st_ino))
-            except OSError:
-                files.append((path, None, None, None))
-    text = json.dumps({"uid": os.getuid(), "env": items, "files": files, "region": region, "profile": profile})
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def release_id(path: str) -> str:
-    """What tells two installed releases apart: the protocol and the file itself."""
-    import hashlib
-
-    try:
-        info = os.stat(path)
-        ident = f"{path}:{info.st_size}:{info.st_mtime_ns}"
-    except OSError:
-        ident = path
-    return f"{WATCHER_PROTOCOL}-{hashlib.sha256(ident.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
-
-
-def watcher_paths(context: str, release: str) -> Optional[Dict[str, str]]:
-    """The socket, the locks and the ticket key of one watcher, in the first private runtime
-    directory; None when there is none (then there is no watcher)."""
-    for directory in runtime_dirs():
-        if private_dir(directory, create=True):
-            base = os.path.join(directory, f"w{release}-{context[:16]}")
-            paths = {"dir": directory, "socket": base + ".sock", "lock": base + ".lock", "start": base + ".start",
-                     "key": os.path.join(directory, f"w{context[:16]}.key")}
-            if os.environ.get(WATCHER_SOCKET_ENV):
-                paths["socket"] = os.environ[WATCHER_SOCKET_ENV]
-            if len(os.fsencode(paths["socket"])) >= SOCKET_PATH_LIMIT:
-                return None
-            return paths
-    return None
 
 
 def task_ticket(key: bytes, task_arn: str, pid: int, start: Optional[str]) -> str:
@@ -5009,116 +5228,24 @@ def read_key(path: str, *, create: bool) -> Optional[bytes]:
 
 WATCHER_CHILD: Optional[Dict[str, Any]] = None  # set in a launch child: whom to hand the task to
 RESUME_STATE: Optional[Dict[str, Any]] = None  # set in a finishing child: the job to judge
-ECSBATCH_FILE = os.path.abspath(__file__)
+THIN_CODE: Optional[str] = None  # the watcher's: the thin runner's code (thin_code), for its runners
 
 
 def watcher_wanted(*, dry_run: bool, debug: bool) -> bool:
-    """ECSBATCH_WATCHER=on, a real launch, and a system that has what the watcher needs."""
-    import socket
-
-    return (os.environ.get(WATCHER_ENV, "off").strip().lower() in ("on", "1", "yes", "true")
-            and not dry_run and not debug and WATCHER_CHILD is None and sys.platform.startswith("linux")
-            and hasattr(socket, "send_fds") and hasattr(os, "memfd_create"))
+    """The watcher is allowed, for a real launch, from a runner (not from a launch child)."""
+    return watcher_allowed(os.environ) and not dry_run and not debug and WATCHER_CHILD is None
 
 
-def watcher_command(region: Optional[str], profile: Optional[str]) -> List[str]:
-    command = [sys.executable, ECSBATCH_FILE, "watcher", "--detach"]
-    if os.environ.get(WATCHER_IDLE_ENV):
-        command += ["--idle", os.environ[WATCHER_IDLE_ENV]]
-    return command + (["--region", region] if region else []) + (["--profile", profile] if profile else [])
-
-
-def standard_fds() -> List[int]:
-    """fds 0, 1 and 2 to lend to the launch: /dev/null in place of one that is closed."""
-    fds = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            fds.append(fd)
-        except OSError:
-            fds.append(os.open(os.devnull, os.O_RDWR))
-    return fds
-
-
-def launch_through_watcher(args: List[str], *, region: Optional[str], profile: Optional[str],
-                           own_key: Optional[str]) -> None:
-    """Full, in the runner: have the watcher launch this job, then become the thin runner.
-    Returns (having launched nothing) when the watcher cannot be used: then the run goes on
-    by itself, as without the watcher."""
-    context = credential_context(os.environ, region, profile)
-    paths = watcher_paths(context, release_id(ECSBATCH_FILE))
-    if paths is None:
+def decline_unless_ours(region: Optional[str], profile: Optional[str], debug: bool) -> None:
+    """In a launch child, before any AWS call: a run whose --region or --profile make it another
+    credential context's, or that wants --debug, is not for the watcher. The runner is told, and
+    runs it by itself; this child launches nothing."""
+    child = WATCHER_CHILD
+    if child is None or (not debug and credential_context(os.environ, region, profile) == child["context"]):
         return
-    try:  # the thin runner's code, read now: the release may be pruned while the job runs
-        with open(ECSBATCH_FILE, encoding="utf-8") as source:
-            code = thin_code(source.read(), ECSBATCH_FILE)
-    except (OSError, ValueError):
-        return
-    sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
-    if sock is None:
-        progress("no watcher could be started or reached; this run waits by itself")
-        return
-    channel = LineChannel(sock)
-    if own_key:
-        register_runner(own_key)  # this pid stays the runner's, thin or full
-    try:
-        channel.send({"op": "hello", "context": context, "release": __version__})
-        answer = channel.receive(WATCHER_ANSWER_SECONDS)
-        if not answer or answer.get("op") != "hello":
-            raise ValueError((answer or {}).get("why") or "no answer")
-        pid, start = os.getpid(), process_start_time(os.getpid())
-        channel.send({"op": "launch", "context": context, "argv": args, "cwd": os.getcwd(), "env": dict(os.environ),
-                      "region": region, "profile": profile,
-                      "encodings": [getattr(sys.stdout, "encoding", None) or "utf-8",
-                                    getattr(sys.stderr, "encoding", None) or "utf-8"],
-                      "runner": {"pid": pid, "start": start, "registry": OWN_ENTRIES, "key": own_key,
-                                 "before": REGISTERED_BEFORE.get(own_key) if own_key else None}},
-                     fds=standard_fds())
-        answer = channel.receive(WATCHER_ANSWER_SECONDS)
-        if not answer or answer.get("op") != "launching":
-            raise ValueError((answer or {}).get("why") or "no answer")
-    except (OSError, ValueError) as exc:  # nothing was launched: the launch child never got "go"
-        sock.close()
-        progress(f"the watcher cannot be used ({one_line(exc)}); this run waits by itself")
-        return
-    child = int(answer["pid"])
-    received: List[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        received.append(signum)
-        with contextlib.suppress(OSError):
-            os.kill(child, signum)
-
-    for signum in EXIT_FOR_SIGNAL:
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, forward)
-    channel.send({"op": "go"})
-    while True:
-        try:
-            message = channel.receive(None)
-        except (OSError, ValueError):
-            message = None
-        if message is None and received:  # its second-signal line said what is left behind
-            sys.stdout.flush()
-            sys.stderr.flush()
-            raise SystemExit(EXIT_FOR_SIGNAL[received[0]])
-        if message is None:
-            raise AwsError("the watcher's launch process ended without a word; a task may have been launched: "
-                           f"{'ecsbatch stop --job-key ' + shown(own_key) if own_key else 'see ecsbatch status'}")
-        if message.get("op") == "exit":
-            sys.stdout.flush()
-            sys.stderr.flush()
-            raise SystemExit(int(message.get("code") or 0))
-        if message.get("op") == "handoff":
-            break
-    # `ps` shows the job's own command line after the state's fd; the end runs the same script.
-    script = sys.argv[0] if os.path.isfile(sys.argv[0]) else ECSBATCH_FILE
-    state = dict(message["state"], argv=args, script=os.path.abspath(script), context=context, paths=paths,
-                 registry=list(OWN_ENTRIES), watcher_command=watcher_command(region, profile), pending=received[:1])
-    signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
-    sock.close()
-    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE,
-                     str(memory_file("ecsbatch-thin", code))], state, extra=[script] + args)
+    with contextlib.suppress(OSError):
+        child["channel"].send({"op": "decline"})
+    os._exit(0)
 
 
 WAITING_TO_RUN = ("", "PROVISIONING", "PENDING", "ACTIVATING")  # a task may still fail to start
@@ -5135,7 +5262,7 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
     child waits as `run` always does, when there is no runner to give it to, the task ended or
     vanished first, or a signal came: that signal (then the task is stopped), else None."""
     child = WATCHER_CHILD
-    if child is None or guard.received is not None:
+    if child is None or guard.received is not None or THIN_CODE is None:
         return None
     task_arn, cluster, counted, definition = target.task["taskArn"], target.cluster, target.counted, target.definition
     deadline = None if timeout is None else watch.started + timeout
@@ -5172,7 +5299,7 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
                                                    "task_arns": attempts.task_arns},
         "ticket": task_ticket(child["key"], task_arn, runner["pid"], runner["start"]) + ":" +
         task_ticket(child["key"], cluster or "", runner["pid"], runner["start"]),
-        "encodings": child["encodings"], "tail_lines": LOG_TAIL_LINES,
+        "encodings": child["encodings"], "tail_lines": LOG_TAIL_LINES, "registry": list(OWN_ENTRIES),
         "exit_for_signal": {str(int(k)): v for k, v in EXIT_FOR_SIGNAL.items()},
         "stop_command": stop_command(cluster, task_arn),
         "output": {"quiet": OUTPUT.quiet, "limit": OUTPUT.limit, "stderr_used": OUTPUT.stderr_used},
@@ -5190,7 +5317,7 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
         sys.stdout.flush()
         sys.stderr.flush()
     with contextlib.suppress(OSError):  # a runner killed meanwhile leaves its task running, as always
-        child["channel"].send({"op": "handoff", "state": state})
+        child["channel"].send({"op": "handoff", "state": state, "code": THIN_CODE})
     os._exit(0)
 
 
@@ -5234,13 +5361,9 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
     _botocore_session = botocore.session.get_session()
     if loader is not None:
         _botocore_session.register_component("data_loader", loader)
-    if not finishing:
+    if not finishing:  # from here on this child registers, decides and notes as its runner
         WATCHER_CHILD = {"channel": channel, "runner": message["runner"], "key": key,
-                         "encodings": message["encodings"]}
-    # The runner registered itself (register_runner): this child decides and notes as the runner.
-    OWN_ENTRIES[:] = list(message["runner"].get("registry") or [])
-    if message["runner"].get("key") and message["runner"].get("before") is not None:
-        REGISTERED_BEFORE[message["runner"]["key"]] = [(int(p), str(s)) for p, s in message["runner"]["before"]]
+                         "encodings": message["encodings"], "context": message["context"]}
     code: Any = 0
     try:
         main(list(message["argv"]))
@@ -5252,6 +5375,8 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
+    for path in OWN_ENTRIES:  # the job ended here: its runner is about to exit
+        unregister_runner(path)
     with contextlib.suppress(OSError):
         channel.send({"op": "exit", "code": code})
     os._exit(0)
@@ -5280,9 +5405,16 @@ def outcome_from_watcher(final: Mapping[str, Any], counted: List[str], *, cluste
 
 def resume_job(resume: Dict[str, Any]) -> int:
     """Full, after the thin runner: judge and print what the watcher saw ("final"), or wait on
-    the task by ourselves ("adopt", when the watcher is gone), as `run` does from launch on."""
+    the task by ourselves ("adopt", when the watcher is gone), as `run` does from launch on. A run
+    that the thin start could not finish ends here too: "interrupted" before anything was
+    launched, or "lost" when the watcher's launch child ended without a word."""
     import atexit
 
+    if resume.get("mode") == "interrupted":
+        raise Interrupted(int(resume["signal"]))
+    if resume.get("mode") == "lost":
+        raise AwsError("the watcher's launch process ended without a word, and a task may have been launched: "
+                       "see `ecsbatch status`, and stop it with `ecsbatch stop` if this job must not run")
     state = resume["state"]
     OUTPUT.quiet, OUTPUT.limit = state["output"]["quiet"], state["output"]["limit"]
     OUTPUT.stderr_used, OUTPUT.task_arn = state["output"]["stderr_used"], state["task_arn"]
@@ -5863,7 +5995,16 @@ def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: 
     key = read_key(paths["key"], create=True)
     if key is None:
         raise InputError(f"the watcher's key {paths['key']} is not a private file of this user")
-    ecs_service_model()  # load what every launch needs before the zygote forks
+    global THIN_CODE
+    with contextlib.suppress(OSError, ValueError):  # read once: the release may be pruned later
+        with open(ECSBATCH_FILE, encoding="utf-8") as source:
+            THIN_CODE = encode_code(thin_code(source.read(), ECSBATCH_FILE))
+    # Load what every launch needs before the zygote forks: a launch child imports nothing.
+    import difflib  # noqa: F401  (validation's suggestions)
+    import encodings.idna  # noqa: F401  (host names in URLs)
+
+    load_yaml("loaded: true", "the watcher's start")
+    ecs_service_model()
     botocore_session().get_component("endpoint_resolver")
     with contextlib.suppress(EcsbatchError):  # and what stops and reports need: a release pruned
         rehearse_stop(make_client("ecs", region, profile), None, make_client("logs", region, profile))

@@ -426,6 +426,135 @@ def test_off_runs_as_before(job, tmp_path):
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+# --- the thin start: a run handed to the watcher before the rest of ecsbatch loads -------------
+
+
+def test_the_watcher_is_the_default_and_a_runner_never_loads_click_yaml_or_botocore(wjob):
+    """With ECSBATCH_WATCHER unset, `ecsbatch run` (the console script, as Hinemos starts it) starts
+    the watcher and hands itself over from the top of the file. PYTHONPROFILEIMPORTTIME makes the
+    runner write each of its imports to its stderr: click, PyYAML and botocore are never among them
+    (the launch and the verdict run in the watcher's children, which have them loaded)."""
+    env = dict(wjob.env, PYTHONPROFILEIMPORTTIME="1")
+    env.pop("ECSBATCH_WATCHER")
+    result = wjob.run(plan=Plan(running=0.5, exit_code=3), env=env)
+    assert result.code == 3, result
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "site" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("click", "yaml", "botocore", "boto3")}, result.stderr
+    assert len(watcher_pids(wjob.runtime)) == 1
+    assert "failed: container app exited 3" in result.stderr
+
+
+def test_a_region_on_the_command_line_gets_the_watcher_of_its_own_context(wjob):
+    """--region is part of the credential context: such a run is not handed to the environment's
+    watcher from the top of the file; the full run starts the watcher of its own context."""
+    region = wjob.env.get("AWS_REGION") or wjob.env["AWS_DEFAULT_REGION"]
+    assert wjob.run(plan=Plan(running=0.5, exit_code=3)).code == 3
+    second = start_thin(wjob, "--region", region, plan=Plan(running=0.5, exit_code=4))
+    assert second.finish().code == 4
+    assert len(watcher_pids(wjob.runtime)) == 2
+
+
+def test_a_launch_child_declines_a_run_of_another_context_and_launches_nothing(wjob):
+    """The launch child checks the context of what it parsed: arguments that name another region,
+    sent to the environment's watcher anyway, come back declined before any AWS call, and the
+    runner goes on by itself (here: the function returns)."""
+    region = "us-west-2"
+    code = ("import ecsbatch, sys\n"
+            "print('returned', ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None), flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, "run", "-f", str(wjob.run_file), "--region", region]
+                          + FAST_POLL, env=wjob.env, capture_output=True, text=True, timeout=60, cwd=str(ecsbatch_dir()))
+    assert done.returncode == 0, done
+    assert "returned None" in done.stdout
+    assert wjob.tasks() == [] and wjob.run_requests() == []
+    assert len(watcher_pids(wjob.runtime)) == 1
+
+
+def ecsbatch_dir() -> Path:
+    return Path(ecsbatch.ECSBATCH_FILE).parent
+
+
+class FakeWatcher:
+    """A listener on ECSBATCH_WATCHER_SOCKET that speaks the protocol up to the launch and then
+    does what the test says: answer "launching" when told, and end the connection after "go"."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="ef", dir="/tmp"))
+        self.path = str(self.directory / "w.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(5)
+        self.launch_seen, self.answer_now, self.done = threading.Event(), threading.Event(), threading.Event()
+        self.received: list = []
+        self.child = subprocess.Popen(["sleep", "60"])  # the pid that "launching" names
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        channel = ecsbatch.LineChannel(conn)
+        try:
+            while True:
+                message = channel.receive(30)
+                if message is None:
+                    break
+                self.received.append(message["op"])
+                if message["op"] == "hello":
+                    channel.send({"op": "hello", "release": ecsbatch.__version__})
+                elif message["op"] == "launch":
+                    self.launch_seen.set()
+                    self.answer_now.wait(30)
+                    channel.send({"op": "launching", "pid": self.child.pid})
+                elif message["op"] == "go":
+                    break  # the launch child is lost without a word
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+            self.done.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.child.kill()
+        self.child.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def test_a_signal_before_the_launch_is_let_go_launches_nothing_and_says_so(wjob):
+    """SIGTERM while the watcher is still setting the launch up: the runner never sends "go", so
+    nothing is launched, and it exits 143 with one line, as a run interrupted before its launch."""
+    fake = FakeWatcher()
+    try:
+        running = wjob.start(env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=fake.path))
+        assert fake.launch_seen.wait(30)
+        running.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        fake.answer_now.set()
+        result = running.finish()
+        assert fake.done.wait(10)
+    finally:
+        fake.close()
+    assert result.code == 143, result
+    assert "go" not in fake.received
+    assert result.error_lines[-1] == "ecsbatch: interrupted by SIGTERM; nothing was started", result
+    assert wjob.tasks() == []
+
+
+def test_a_launch_child_lost_without_a_word_is_125_and_says_where_to_look(wjob):
+    """The launch child ends after "go" without a word (killed with the watcher): a task may have
+    been launched, so the runner neither waits by itself (it could launch twice) nor says success."""
+    fake = FakeWatcher()
+    fake.answer_now.set()
+    try:
+        result = wjob.run(env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=fake.path))
+    finally:
+        fake.close()
+    assert result.code == 125, result
+    assert "go" in fake.received
+    [line] = result.error_lines
+    assert "ended without a word" in line and "ecsbatch status" in line
+
+
 # --- pure parts --------------------------------------------------------------------------------
 
 BASE_ENV = {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "ap-northeast-1",
