@@ -1,8 +1,10 @@
 """Many jobs waiting at once, with and without the shared watcher, in one run on one endpoint.
 
-For each N (default 10, 50, 100) it starts N runners at once twice: today's mode
-(ECSBATCH_WATCHER=off, each runner polls by itself) and the watcher's mode (ECSBATCH_WATCHER=on,
-a fresh watcher each time). Outcomes are mixed as in concurrency.py (a quarter each of exit 0,
+For each N (default 10, 50, 100) it starts N runners at once three times: today's mode
+(ECSBATCH_WATCHER=off, each runner polls by itself), the watcher's mode from cold (the first
+runner starts a fresh watcher, as after a quiet night) and warm (a watcher already listens, as
+on a server that runs jobs all day). The runners run ecsbatch installed as a release installs it
+(common.release_install), not this checkout's editable install. Outcomes are mixed as in concurrency.py (a quarter each of exit 0,
 exit 3, failed to start and --timeout). The task definition logs to CloudWatch Logs, so that log
 reads are counted too. It reports, per mode:
   - exit codes right out of N;
@@ -20,18 +22,22 @@ The machine is shared and noisy: compare the two modes of one run, as ratios.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from common import FAMILY, Launcher, ecsbatch_command, percentile, prepare, runner_env
+from common import FAMILY, Launcher, percentile, prepare, release_install, runner_env
 from concurrency import EXPECTED, KINDS, job_command
 from localecs import LocalEcs
 from localecs.proxy import FaultProxy
 
 LOG_GROUP = "/ecs/bench"
+MODES = ("today", "cold", "warm")
 
 
 def prepare_with_logs(ecs) -> dict:
@@ -52,8 +58,23 @@ def rate(times, since: float, until: float) -> float:
     return len(inside) / max(until - since, 1e-9)
 
 
+def job_env(env: dict, mode: str, runtime: Path) -> dict:
+    return dict(env, ECSBATCH_WATCHER="off" if mode == "today" else "on", XDG_RUNTIME_DIR=str(runtime),
+                ECSBATCH_WATCHER_IDLE="3")
+
+
+def start_watcher(ecsbatch: list, env: dict, runtime: Path) -> None:
+    """A watcher listening before the runners start (the warm mode)."""
+    subprocess.run(ecsbatch + ["watcher", "--detach"], env=env, check=True)
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(runtime / "ecsbatch" / "w*.sock")):
+        if time.monotonic() > deadline:
+            raise SystemExit("the warm watcher did not start")
+        time.sleep(0.05)
+
+
 def batch(launcher, ecs, proxy, work: Path, request: dict, *, mode: str, size: int, poll: float, running: float,
-          sample_at: float, env: dict) -> dict:
+          sample_at: float, env: dict, ecsbatch: list) -> dict:
     runtime = Path(tempfile.mkdtemp(prefix="eb", dir="/tmp"))
     jobs, keys = [], []
     for index in range(size):
@@ -63,12 +84,13 @@ def batch(launcher, ecs, proxy, work: Path, request: dict, *, mode: str, size: i
             {"name": "app", "command": job_command(kind, running)}]})
         run_file = work / f"{key}.yaml"
         run_file.write_text(json.dumps(job_request))
-        command = ecsbatch_command() + ["run", "-q", "-f", str(run_file), "--poll-interval", str(poll)]
+        command = ecsbatch + ["run", "-q", "-f", str(run_file), "--poll-interval", str(poll)]
         if kind == "timeout":
             command += ["--timeout", f"{running / 2:g}s"]
-        jobs.append({"command": command, "env": dict(env, ECSBATCH_WATCHER="on" if mode == "watcher" else "off",
-                                                     XDG_RUNTIME_DIR=str(runtime), ECSBATCH_WATCHER_IDLE="3")})
+        jobs.append({"command": command, "env": job_env(env, mode, runtime)})
         keys.append((key, kind))
+    if mode == "warm":
+        start_watcher(ecsbatch, job_env(env, mode, runtime), runtime)
     marks = {op: len(proxy.entries(op)) for op in ("DescribeTasks", "GetLogEvents", "RunTask")}
     launcher.process.stdin.write(json.dumps({"jobs": jobs, "sample_at": sample_at,
                                              "extra_pid_files": str(runtime / "ecsbatch" / "w*.lock")}) + "\n")
@@ -104,20 +126,22 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=6.0, help="--poll-interval of every runner (s)")
     parser.add_argument("--running", type=float, default=90.0, help="how long a task runs (s)")
     parser.add_argument("--sample-at", type=float, default=45.0, help="when PSS is read, after the start (s)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
     launcher = Launcher()  # before moto is loaded, so that runners start from a small process
     results = []
     with LocalEcs() as ecs, FaultProxy(ecs.url) as proxy, tempfile.TemporaryDirectory() as work:
+        ecsbatch = release_install(Path(work) / "release")
         request = prepare_with_logs(ecs)
         env = runner_env(**ecs.client_env(proxy.url))
         env["ECSBATCH_SYSLOG_SOCKET"] = ""
         for size in args.sizes:
-            for mode in ("today", "watcher"):
+            for mode in args.modes:
                 print(f"{mode}: {size} jobs at once ...", file=sys.stderr, flush=True)
                 results.append(batch(launcher, ecs, proxy, Path(work), request, mode=mode, size=size, poll=args.poll,
-                                     running=args.running, sample_at=args.sample_at, env=env))
+                                     running=args.running, sample_at=args.sample_at, env=env, ecsbatch=ecsbatch))
     launcher.close()
 
     print(f"\npoll interval {args.poll:g}s, tasks running {args.running:g}s, PSS read at {args.sample_at:g}s; calls counted from the last launch to the first end; "
@@ -132,10 +156,12 @@ def main() -> int:
         if r["wrong"]:
             print(f"{'':<12}wrong: {r['wrong']}")
     print("\nwatcher / today, same N, same run:")
-    for size in args.sizes:
-        today = next(r for r in results if r["size"] == size and r["mode"] == "today")
-        ours = next(r for r in results if r["size"] == size and r["mode"] == "watcher")
-        print(f"  N={size}: PSS total {ours['pss_total_mb'] / today['pss_total_mb']:.2f}x, CPU per job "
+    for size, mode in [(size, mode) for size in args.sizes for mode in args.modes if mode != "today"]:
+        today = next((r for r in results if r["size"] == size and r["mode"] == "today"), None)
+        ours = next(r for r in results if r["size"] == size and r["mode"] == mode)
+        if today is None:
+            continue
+        print(f"  N={size} {mode}: PSS total {ours['pss_total_mb'] / today['pss_total_mb']:.2f}x, CPU per job "
               f"{ours['cpu_per_job_s'] / today['cpu_per_job_s']:.2f}x, launch p50 "
               f"{ours['launch_p50'] / today['launch_p50']:.2f}x, DescribeTasks/s "
               f"{ours['describe_per_s'] / max(today['describe_per_s'], 1e-9):.3f}x, GetLogEvents/s "
