@@ -59,11 +59,16 @@ WATCHER_HEARTBEAT = 1.0  # the watcher says "alive" to every runner this often
 WATCHER_SILENCE_FLOOR = 5.0  # a runner gives up on a watcher silent for max(this, --poll-interval)
 WATCHER_START_SECONDS = 20.0  # how long a runner waits for a watcher it started
 WATCHER_ANSWER_SECONDS = 15.0  # how long a runner waits for a watcher's first answer
-WATCHER_BUFFER_LIMIT = 1 << 20  # bytes queued for, or from, one runner before it is cut off
+# Bytes queued for, or from, one runner before it is cut off: room for a page of log (1 MB of
+# text, escaped) and then some.
+WATCHER_BUFFER_LIMIT = 8 << 20
 WATCHER_STALL_SECONDS = 600.0  # a poll cycle stuck this long: stop saying "alive", runners fall back
 WATCHER_LOG_READERS = 8
 SOCKET_PATH_LIMIT = 104  # sun_path holds 108 bytes on Linux  # GetLogEvents calls in flight at once
 FALLBACK_SLOTS = 4  # runners that may load botocore at once to wait by themselves
+# A slot is held only while the full ecsbatch loads; slots held longer than this (a process stuck
+# in its start) do not keep a runner from its job.
+FALLBACK_SLOT_WAIT = 15.0
 FALLBACK_STAGGER = 2.0  # a falling-back runner first waits a random part of this (or the interval)
 THIN_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM")
 # Everything that selects credentials or where calls go: one watcher per distinct set.
@@ -416,11 +421,15 @@ class ThinRunner:
             pause = random.uniform(0.0, min(FALLBACK_STAGGER, float(self.state["poll_interval"])))
             self.wait_for_signal(pause)
         slot = None
-        while not self.signals and slot is None:
+        deadline = self.state.get("deadline")
+        until = time.monotonic() + FALLBACK_SLOT_WAIT
+        until = until if deadline is None else min(until, deadline)
+        # A stop never waits for a slot: a signal, or a deadline that has passed, goes at once.
+        while not self.signals and slot is None and time.monotonic() < until:
             slot = take_fallback_slot(self.state["paths"]["dir"])
             if slot is None:
-                self.wait_for_signal(0.25)
-        self.exec_full({"mode": "adopt"})
+                self.wait_for_signal(min(0.25, max(0.0, until - time.monotonic())))
+        self.exec_full({"mode": "adopt", "slot": slot})
 
     def wait_for_signal(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -2498,6 +2507,9 @@ def ecs_service_model() -> Any:
     return botocore_session().get_service_model("ecs")
 
 
+_clients: Dict[Tuple[str, str], Any] = {}
+
+
 def make_client(service: str, region: Optional[str], profile: Optional[str]) -> Any:
     """One client per service and process, from the botocore session that validation already
     loaded (boto3.client() returns the same botocore client, at the cost of importing boto3).
@@ -2505,10 +2517,17 @@ def make_client(service: str, region: Optional[str], profile: Optional[str]) -> 
     The region is --region, else AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region:
     the AWS CLI v2's order. The standard credential chain and AWS_ENDPOINT_URL apply.
     AWS_RETRY_MODE and AWS_MAX_ATTEMPTS (or the profile's retry_mode and max_attempts) mean
-    what they mean to the AWS CLI; unset, standard mode with AWS_RETRY_ATTEMPTS attempts."""
+    what they mean to the AWS CLI; unset, standard mode with AWS_RETRY_ATTEMPTS attempts.
+
+    A client is made once per credential context (credential_context: everything that selects
+    credentials, the region or the endpoint), so that the watcher's launch children, whose
+    context the watcher has checked, use the client it made before forking them."""
     import botocore.config
     import botocore.exceptions
 
+    cache_key = (service, credential_context(os.environ, region, profile))
+    if cache_key in _clients:
+        return _clients[cache_key]
     try:
         core = botocore_session()
         if profile:
@@ -2533,6 +2552,7 @@ def make_client(service: str, region: Optional[str], profile: Optional[str]) -> 
             user_agent_extra=f"ecsbatch/{__version__}"))
         if _debug_redactor is not None:
             _debug_redactor.learn(core.get_credentials())
+        _clients[cache_key] = client
         return client
     except botocore.exceptions.NoRegionError as exc:
         raise AwsError(NO_REGION_TEXT) from exc
@@ -3315,11 +3335,13 @@ class LogFollower:
         self.tail: "collections.deque[str]" = collections.deque()
         self.tail_bytes, self.tail_size = tail_bytes, 0
         self.failing = False
+        self.pages_per_poll: Optional[int] = None  # None: every page there is
 
     def poll(self) -> int:
-        """Read every page there is now. Returns how many lines were printed."""
-        printed = 0
-        while True:
+        """Read every page there is now (at most pages_per_poll). Returns how many lines were printed."""
+        printed, pages = 0, 0
+        while self.pages_per_poll is None or pages < self.pages_per_poll:
+            pages += 1
             try:
                 events, next_token = read_log_page(self.logs, self.source, self.token)
             except AwsError as exc:
@@ -3336,14 +3358,18 @@ class LogFollower:
             if not next_token or next_token == self.token:
                 return printed
             self.token = next_token
+        return printed
 
-    def drain(self) -> None:
-        """After the task stopped: read on until the stream has been quiet for a while."""
+    def drain(self, after_read: Optional[Callable[[], None]] = None) -> None:
+        """After the task stopped: read on until the stream has been quiet for a while, calling
+        `after_read` after each read that brought lines."""
         limit = time.monotonic() + LOG_DRAIN_LIMIT_SECONDS
         quiet_since = time.monotonic()
         while time.monotonic() < limit:
             if self.poll():
                 quiet_since = time.monotonic()
+                if after_read is not None:
+                    after_read()
             elif time.monotonic() - quiet_since >= LOG_SETTLE_SECONDS:
                 return
             time.sleep(LOG_DRAIN_POLL)
@@ -5113,15 +5139,15 @@ def validate(paths: Tuple[str, ...], variables: Tuple[str, ...], tag: Optional[s
 @aws_options
 def watcher(detach: bool, idle_text: Optional[str], region: Optional[str], profile: Optional[str],
             debug: bool) -> None:
-    """The shared watcher of this user and credential context (ECSBATCH_WATCHER=on).
+    """The shared watcher of this user and credential context (unless ECSBATCH_WATCHER=off).
 
     `run` starts it when none listens; a systemd socket unit may start it instead (LISTEN_FDS,
     with ECSBATCH_WATCHER_SOCKET naming the socket for the runners).
 
     \b
     Example:
-        ECSBATCH_WATCHER=on ecsbatch run --job-key nightly   # starts it when needed
-        ecsbatch watcher --idle 10m                          # systemd's ExecStart=
+        ecsbatch run --job-key nightly    # starts it when none listens
+        ecsbatch watcher --idle 10m       # systemd's ExecStart=
     """
     setup_debug(debug)
     serve_watcher(detach=detach, idle=parse_duration(idle_text) if idle_text else DEFAULT_WATCHER_IDLE,
@@ -5321,12 +5347,12 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
     os._exit(0)
 
 
-def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: bytes, loader: Any) -> None:
+def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: bytes) -> None:
     """Full, in a child of the zygote: become the runner's `run` up to the launch, with its
     stdin, stdout, stderr, directory, environment and arguments."""
     import socket
 
-    global WATCHER_CHILD, _botocore_session
+    global WATCHER_CHILD
     for signum in list(EXIT_FOR_SIGNAL) + [signal.SIGCHLD]:
         signal.signal(signum, signal.SIG_DFL)
     channel = LineChannel(socket.socket(fileno=conn_fd))
@@ -5355,12 +5381,9 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
         setattr(sys, name, io.TextIOWrapper(io.FileIO(target, "w", closefd=False), encoding=encoding,
                                             errors="replace", line_buffering=True))
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-    # A session of the runner's own environment; only the parsed models are shared.
-    import botocore.session
-
-    _botocore_session = botocore.session.get_session()
-    if loader is not None:
-        _botocore_session.register_component("data_loader", loader)
+    # The watcher forked us for a runner of its own credential context (it checked the runner's
+    # environment, and run() declines parsed options of another): the session and the clients
+    # made before the fork serve this launch, and make no call that another process made.
     if not finishing:  # from here on this child registers, decides and notes as its runner
         WATCHER_CHILD = {"channel": channel, "runner": message["runner"], "key": key,
                          "encodings": message["encodings"], "context": message["context"]}
@@ -5428,26 +5451,36 @@ def resume_job(resume: Dict[str, Any]) -> int:
         atexit.register(unregister_runner, path)
     guard = SignalGuard()
     guard.install()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, list(EXIT_FOR_SIGNAL))
     task_arn, cluster, counted = state["task_arn"], state["cluster"], state["counted"]
     attempts: Optional[AttemptLog] = None
     if state.get("attempts"):
         attempts = AttemptLog()
         attempts.launches, attempts.reruns = state["attempts"]["launches"], state["attempts"]["reruns"]
         attempts.task_arns = list(state["attempts"]["task_arns"])
+    # The thin runner blocked the signals across the exec: one that came since is pending. It is
+    # let in only inside the hold and once the task is known, so that it stops the task (adopt) or
+    # leaves the judged ending as it is (final), never "nothing was started".
     with guard.hold():
         if resume["mode"] == "final":
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, list(EXIT_FOR_SIGNAL))
             outcome = outcome_from_watcher(resume["final"], counted, cluster=cluster, task_arn=task_arn)
             follower: Any = TailOnly(list(resume.get("tail") or [])) if state["log_source"] else None
             where, elapsed = state["where"], time.monotonic() - state["started"]
         else:
-            ecs = make_client("ecs", state["region"], state["profile"])
-            KnownTask.remember(ecs, cluster, task_arn)
+            try:
+                ecs = make_client("ecs", state["region"], state["profile"])
+                KnownTask.remember(ecs, cluster, task_arn)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, list(EXIT_FOR_SIGNAL))
+                if resume.get("slot") is not None:  # botocore is loaded: the next runner may load it
+                    with contextlib.suppress(OSError):
+                        os.close(int(resume["slot"]))
             watched = watch_one_task(Target(ecs, cluster, {"taskArn": task_arn}, state["definition"], counted), guard,
                                      timeout=state["timeout"], timeout_text=state["timeout_text"],
                                      poll_interval=state["poll_interval"], logs=state["logs"],
                                      as_json=state["as_json"], region=state["region"], profile=state["profile"],
-                                     interrupted_by=resume.get("interrupted_by"), missing_grace=state["missing_grace"],
+                                     interrupted_by=resume.get("interrupted_by") or guard.received,
+                                     missing_grace=state["missing_grace"],
                                      resumed=resume)
             outcome, follower, where, elapsed = watched.outcome, watched.follower, watched.where, watched.elapsed
         report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=follower, where=where,
@@ -5504,6 +5537,8 @@ class Watcher:
         self.poll_event = threading.Event()
         self.cycled = threading.Condition()  # a DescribeTasks cycle ended: answers for confirming stops
         self.cycles = 0
+        self.answers: Dict[Optional[str], Any] = {}  # the last cycle's, by cluster
+        self.asked: set = set()  # the tasks that the last cycle asked about
         self.cycle_at = time.monotonic()
         self.last_busy = time.monotonic()
         self.ecs = make_client("ecs", region, profile)
@@ -5593,7 +5628,15 @@ class Watcher:
             except ValueError as exc:
                 self.queue(conn, {"op": "refused", "why": f"watcher speaks protocol {WATCHER_PROTOCOL}: {exc}"})
                 continue
-            self.handle(conn, state, message)
+            try:
+                self.handle(conn, state, message)
+            except Exception as exc:  # one runner's trouble (say, a log in a bad region) is never every runner's
+                import logging
+
+                logging.getLogger("ecsbatch").debug("a runner's message failed", exc_info=True)
+                self.queue(conn, {"op": "refused", "why": f"{type(exc).__name__}: {one_line(exc)}"})
+                self.drop(conn)
+                return
 
     def handle(self, conn: Any, state: Dict[str, Any], message: Dict[str, Any]) -> None:
         op = message.get("op")
@@ -5668,10 +5711,10 @@ class Watcher:
         if state is None:
             return
         state["out"] += encode_message(message)
-        if len(state["out"]) > WATCHER_BUFFER_LIMIT:  # a runner stopped or too slow to read: cut off
+        self.flush(conn)
+        if conn in self.conns and len(state["out"]) > WATCHER_BUFFER_LIMIT:  # stopped or too slow: cut off
             self.drop(conn)
             return
-        self.flush(conn)
         if conn in self.conns:
             self.selector.modify(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if state["out"] else 0), "conn")
 
@@ -5745,6 +5788,7 @@ class Watcher:
                 pass
 
         follower = RelayFollower(client, task.source, to_stderr=False)
+        follower.pages_per_poll = 1  # a page (at most 1 MB) per message: a burst never outgrows a buffer
         follower.outbox = []
         follower.token = task.token
         return follower
@@ -5752,7 +5796,6 @@ class Watcher:
     def poll_loop(self) -> None:
         import concurrent.futures
 
-        self.answers: Dict[Optional[str], Any] = {}
         pool = concurrent.futures.ThreadPoolExecutor(WATCHER_LOG_READERS)
         while True:
             self.cycle_at = time.monotonic()
@@ -5782,13 +5825,14 @@ class Watcher:
                     answers[cluster] = merged
                 except AwsError as exc:
                     answers[cluster] = exc
-            self.answers = answers  # one whole cycle's answers at a time
             with self.cycled:
+                self.answers = answers  # one whole cycle's answers at a time
+                self.asked = {task.arn for task in due}
                 self.cycles += 1
                 self.cycled.notify_all()
             reads = {task: pool.submit(self.poll_one, task) for task in due if not task.finishing}
-            for task in due:
-                task.next_due = now + (min(task.interval, STOP_CONFIRM_POLL) if task.confirming else task.interval)
+            for task in due:  # a task being stopped too: one DescribeTasks per interval for them all
+                task.next_due = now + task.interval
             for task, future in reads.items():
                 try:
                     future.result()
@@ -5799,7 +5843,11 @@ class Watcher:
 
     def poll_one(self, task: WatchedTask) -> None:
         said: List[str] = []
-        with task.lock:
+        # An ending holds the lock while it waits for the next cycle: waiting for it here would
+        # hold that cycle back for every task.
+        if not task.lock.acquire(blocking=False):
+            return
+        try:
             if task.finishing:
                 return
             with progress_to(said.append):
@@ -5818,16 +5866,24 @@ class Watcher:
                 task.reported_status = found.get("lastStatus")
                 message["task"] = found
             self.send(task.conn, message)
+        finally:
+            task.lock.release()
 
     def read_logs(self, task: WatchedTask, drain: bool = False) -> List[str]:
+        """A page of the task's log; when draining, every page, each sent as it is read."""
         if task.follower is None:
             return []
         if drain:
-            task.follower.drain()
+            task.follower.drain(after_read=lambda: self.send(task.conn, self.log_tick(task)))
         else:
             task.follower.poll()
+        return self.log_tick(task)["lines"]
+
+    @staticmethod
+    def log_tick(task: WatchedTask) -> Dict[str, Any]:
+        """The lines read since the last message, with the token that follows them."""
         lines, task.follower.outbox = task.follower.outbox, []
-        return lines
+        return {"op": "tick", "lines": lines, "token": task.follower.token}
 
     # --- endings (a thread each) ---
     def finish(self, task: WatchedTask, how: Callable[..., Dict[str, Any]], *args: Any,
@@ -5893,10 +5949,9 @@ class Watcher:
         """This task's part of the next DescribeTasks cycle (it joins the cycles while it is stopped)."""
         with self.cycled:
             seen = self.cycles
-            if not task.confirming:  # the first look at once; the next ones with the cycle (STOP_CONFIRM_POLL)
-                task.confirming, task.next_due = True, 0.0
-                self.poll_event.set()
-            if not self.cycled.wait_for(lambda: self.cycles > seen, timeout=task.interval + AWS_READ_TIMEOUT):
+            task.confirming = True  # in every cycle of its own interval until STOPPED, as before the stop
+            if not self.cycled.wait_for(lambda: self.cycles > seen and task.arn in self.asked,
+                                        timeout=task.interval + AWS_READ_TIMEOUT):
                 raise AwsError("the watcher's DescribeTasks cycle gave no answer in time")
             answer = self.answers.get(task.cluster)
         if isinstance(answer, AwsError):
@@ -5928,7 +5983,6 @@ def zygote_loop(sock: Any, key: bytes) -> None:
                 pass
 
     signal.signal(signal.SIGCHLD, reap)
-    loader = botocore_session().get_component("data_loader")
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
@@ -5945,7 +5999,7 @@ def zygote_loop(sock: Any, key: bytes) -> None:
         if os.fork() == 0:
             sock.close()
             try:
-                launch_child(decode_message(data.rstrip(b"\n")), fds[0], fds[1:], key, loader)
+                launch_child(decode_message(data.rstrip(b"\n")), fds[0], fds[1:], key)
             finally:
                 os._exit(EXIT_ECS_FAILURE)
         for fd in fds:
