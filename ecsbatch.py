@@ -275,8 +275,13 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
             else:
                 try:
                     started = True
-                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, close_fds=True, timeout=30)
+                    try:
+                        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, close_fds=True, timeout=wait)
+                    except (OSError, subprocess.SubprocessError):
+                        return None
+                    if done.returncode != 0:  # it could not work (say, no credentials): it said so by exiting
+                        return None
                     spawned = time.monotonic()
                     while time.monotonic() < deadline and not socket_owned_by_me(paths["socket"]):
                         if time.monotonic() - spawned > 10.0 and not lock_held(paths["lock"]):
@@ -4814,8 +4819,6 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     why = THIN_START.pop("why", None)  # the thin start's, at the top of the file
     if watcher_wanted(dry_run=dry_run, debug=debug):  # returns only if the watcher cannot launch it
         why = run_through_watcher(list(COMMAND_ARGS), region=region, profile=profile) or why
-    if why:
-        progress(f"{why}; this run waits by itself")
     request = load_request(path, template_variables(variables))
     for key, value in (("cluster", cluster), ("taskDefinition", task_definition), ("startedBy", started_by)):
         if value is not None:
@@ -4832,6 +4835,8 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
         return
 
     ecs = make_client("ecs", region, profile)
+    if why:  # said once the run gets this far: a bad file or bad credentials say only their own line
+        progress(f"{why}; this run waits by itself")
     definition, _ = describe_task_definition(ecs, request["taskDefinition"])
     counted = counted_container_names(definition, container)
     target = container or counted[0]
@@ -6007,20 +6012,14 @@ def zygote_loop(sock: Any, key: bytes) -> None:
 
 
 def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: Optional[str]) -> None:
-    """Full: the `watcher` command. Listens on its own socket, or on systemd's (LISTEN_FDS)."""
+    """Full: the `watcher` command. Listens on its own socket, or on systemd's (LISTEN_FDS).
+
+    Everything that can fail (the directory, the lock, the socket, the key, botocore and the
+    clients, credentials included) is done before it detaches, so that the runner that started it
+    hears at once, by its exit status, that no watcher will listen."""
     import fcntl
     import socket
 
-    if detach:  # its own session, and nothing of the runner's: Hinemos reads stdout until EOF
-        if os.fork():
-            os._exit(0)
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
     context = credential_context(os.environ, region, profile)
     paths = watcher_paths(context, release_id(ECSBATCH_FILE))
     if paths is None:
@@ -6035,8 +6034,6 @@ def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: 
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return  # a watcher of this context is running
-        os.ftruncate(lock, 0)
-        os.write(lock, f"{os.getpid()}\n".encode())  # who holds it, for operators and tests
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths["socket"])  # stale: its watcher is gone, since we hold the lock
         listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -6046,22 +6043,28 @@ def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: 
         finally:
             os.umask(old)
         bound = os.lstat(paths["socket"]).st_ino
-    key = read_key(paths["key"], create=True)
-    if key is None:
-        raise InputError(f"the watcher's key {paths['key']} is not a private file of this user")
-    global THIN_CODE
-    with contextlib.suppress(OSError, ValueError):  # read once: the release may be pruned later
-        with open(ECSBATCH_FILE, encoding="utf-8") as source:
-            THIN_CODE = encode_code(thin_code(source.read(), ECSBATCH_FILE))
-    # Load what every launch needs before the zygote forks: a launch child imports nothing.
-    import difflib  # noqa: F401  (validation's suggestions)
-    import encodings.idna  # noqa: F401  (host names in URLs)
-
-    load_yaml("loaded: true", "the watcher's start")
-    ecs_service_model()
-    botocore_session().get_component("endpoint_resolver")
-    with contextlib.suppress(EcsbatchError):  # and what stops and reports need: a release pruned
-        rehearse_stop(make_client("ecs", region, profile), None, make_client("logs", region, profile))
+    try:
+        key = read_key(paths["key"], create=True)
+        if key is None:
+            raise InputError(f"the watcher's key {paths['key']} is not a private file of this user")
+        prepare_watcher(region, profile)
+        listen.listen(256)
+    except BaseException:
+        remove_socket(paths["socket"], bound)
+        raise
+    if detach:  # its own session, and nothing of the runner's: Hinemos reads stdout until EOF
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    if lock is not None:
+        os.ftruncate(lock, 0)
+        os.write(lock, f"{os.getpid()}\n".encode())  # who holds it, for operators and tests
     parent_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if os.fork() == 0:
         parent_end.close()
@@ -6070,15 +6073,36 @@ def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: 
             os.close(lock)
         zygote_loop(zygote_end, key)
     zygote_end.close()
-    listen.listen(256)
     watcher = Watcher(listen, parent_end, context, key, idle, region, profile)
     try:
         watcher.serve()
     finally:
-        if bound is not None:
-            with contextlib.suppress(OSError):
-                if os.lstat(paths["socket"]).st_ino == bound:
-                    os.unlink(paths["socket"])
+        remove_socket(paths["socket"], bound)
+
+
+def prepare_watcher(region: Optional[str], profile: Optional[str]) -> None:
+    """Load what every launch needs before the launcher forks, so that a launch child imports
+    and reads nothing: the thin runner's code, PyYAML, validation, botocore's models and the
+    clients (credentials resolved). Raises when the watcher could not work."""
+    global THIN_CODE
+    with open(ECSBATCH_FILE, encoding="utf-8") as source:  # read once: the release may be pruned later
+        THIN_CODE = encode_code(thin_code(source.read(), ECSBATCH_FILE))
+    import difflib  # noqa: F401  (validation's suggestions)
+    import encodings.idna  # noqa: F401  (host names in URLs)
+
+    load_yaml("loaded: true", "the watcher's start")
+    ecs_service_model()
+    botocore_session().get_component("endpoint_resolver")
+    ecs, logs = make_client("ecs", region, profile), make_client("logs", region, profile)
+    rehearse_stop(ecs, None, logs)  # and what stops and reports need: a release pruned later
+
+
+def remove_socket(path: str, bound: Optional[int]) -> None:
+    """Remove the socket this watcher bound, and never one that a newer watcher bound since."""
+    if bound is not None:
+        with contextlib.suppress(OSError):
+            if os.lstat(path).st_ino == bound:
+                os.unlink(path)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ class Job:
         self.env = dict(os.environ, **ecs.client_env(), **network, TASK_FAMILY=self.family)
         self.env.pop("AWS_PROFILE", None)
         self.env["ECSBATCH_SYSLOG_SOCKET"] = ""  # tests never write to this machine's system log
+        # The watcher is on, as users get it: one per endpoint (a module's), gone soon after its tests.
+        self.env.setdefault("ECSBATCH_WATCHER_IDLE", "10")
         self.run_file = tmp_path / "run-task.yaml"
         self.write_run_file({
             "cluster": "${ECS_CLUSTER}",
@@ -177,8 +179,11 @@ def tripwire():
 
 
 def offline_env(tripwire: FaultProxy, **extra: str) -> Dict[str, str]:
-    """No credentials anywhere, and every AWS endpoint, metadata included, on the tripwire."""
+    """No credentials anywhere, and every AWS endpoint, metadata included, on the tripwire. No
+    watcher either: starting one resolves credentials (its launch children share its clients),
+    which the tripwire would count; test_watcher.py shows bad input through the watcher."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["ECSBATCH_WATCHER"] = "off"
     env.update({"AWS_ENDPOINT_URL": tripwire.url, "AWS_EC2_METADATA_SERVICE_ENDPOINT": tripwire.url,
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": tripwire.url + "/creds",
                 "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",

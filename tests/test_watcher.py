@@ -471,6 +471,28 @@ def test_a_launch_child_declines_a_run_of_another_context_and_launches_nothing(w
     assert len(watcher_pids(wjob.runtime)) == 1
 
 
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--no-such-option"], 2, "No such option"),
+    (["-f", "/nonexistent/run-task.yaml"], 2, "not found"),
+    (["--timeout", "soon"], 2, "--timeout"),
+    (["--help"], 0, None),
+])
+def test_bad_input_through_the_watcher_is_the_same_one_line(wjob, args, code, fragment):
+    """The launch child parses with the one parser and writes to the runner's own streams: a usage
+    error is one line and exit 2, as without the watcher, and nothing is launched."""
+    env = dict(wjob.env)
+    env.pop("ECSBATCH_WATCHER")
+    result = run_cli(["run"] + args, env)
+    assert result.code == code, result
+    if fragment is None:
+        assert "Example:" in result.stdout and result.stderr == ""
+    else:
+        [line] = result.error_lines
+        assert line.startswith("ecsbatch: error: ") and fragment in line, result
+    assert wjob.run_requests() == []
+    assert len(watcher_pids(wjob.runtime)) == 1
+
+
 def ecsbatch_dir() -> Path:
     return Path(ecsbatch.ECSBATCH_FILE).parent
 
