@@ -72,11 +72,12 @@ FALLBACK_SLOT_WAIT = 15.0
 FALLBACK_STAGGER = 2.0  # a falling-back runner first waits a random part of this (or the interval)
 THIN_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM")
 # Everything that selects credentials or where calls go: one watcher per distinct set.
-CONTEXT_ENV_PREFIXES = ("AWS_",)
-CONTEXT_ENV_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "HOME",
-                     "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+CONTEXT_ENV_PREFIXES = ("AWS_", "BOTO")  # AWS_*, BOTO_CONFIG (botocore's BotoProvider), BOTOCORE_*
+CONTEXT_ENV_SUFFIXES = ("_proxy",)  # matched without case: urllib reads HTTPS_PROXY and Https_Proxy alike
+CONTEXT_ENV_NAMES = ("HOME", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+# Files whose identity is part of the context: a variable's value names one, else a path.
 CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE")
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "BOTO_CONFIG", "/etc/boto.cfg", "~/.boto")
 # The thin runner runs this on the code that the watcher hands it in a memory file (thin_code:
 # this section, compiled once by the watcher and marshalled: compiling it here would cost two
 # megabytes), so that a release pruned under the job does not matter either. Builtin modules
@@ -717,13 +718,15 @@ def process_start_time(pid: int) -> Optional[str]:
 
 def credential_context(environ: Mapping[str, str], region: Optional[str], profile: Optional[str]) -> str:
     """A digest of everything that selects credentials or where calls go: every AWS_* variable,
-    proxies and CA bundles, --region and --profile, and the identity (path, size, mtime) of the
+    BOTO_CONFIG and BOTOCORE_*, proxies (any case) and CA bundles, --region and --profile, and the identity (path, size, mtime) of the
     config, credential and web-identity token files. Two runs share a watcher only if equal."""
     items = sorted([k, v] for k, v in environ.items()
-                   if k.startswith(CONTEXT_ENV_PREFIXES) or k in CONTEXT_ENV_NAMES)
+                   if k.startswith(CONTEXT_ENV_PREFIXES) or k.lower().endswith(CONTEXT_ENV_SUFFIXES)
+                   or k in CONTEXT_ENV_NAMES)
     files = []
     for name in CONTEXT_FILES:
-        path = os.path.expanduser(name) if name.startswith("~") else environ.get(name)
+        path = (os.path.expanduser(name) if name.startswith("~") else name if name.startswith("/")
+                else environ.get(name))
         if path:
             try:
                 info = os.stat(path)
@@ -860,7 +863,11 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
             resume_full(args, {"mode": "interrupted", "signal": received[0]})
         return why
 
-    sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
+    fds = standard_fds()  # first: a stream closed at start must not become the watcher's socket
+    try:
+        sock = start_watcher(watcher_command(region, profile), paths, WATCHER_START_SECONDS)
+    except Exception as exc:  # never a traceback where a sentence is owed; nothing was sent
+        return give_up(f"the watcher could not be started ({type(exc).__name__}: {' '.join(str(exc).split())})")
     if sock is None:
         return give_up("no watcher could be started or reached")
     channel = LineChannel(sock)
@@ -874,49 +881,85 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
                       "region": region, "profile": profile,
                       "encodings": [getattr(sys.stdout, "encoding", None) or "utf-8",
                                     getattr(sys.stderr, "encoding", None) or "utf-8"],
-                      "runner": {"pid": pid, "start": process_start_time(pid)}},
-                     fds=standard_fds())
+                      "runner": {"pid": pid, "start": process_start_time(pid)}}, fds=fds)
         answer = channel.receive(WATCHER_ANSWER_SECONDS)
         if not answer or answer.get("op") != "launching":
             raise ValueError((answer or {}).get("why") or "no answer")
+        launcher = answer.get("pid")
+        if not isinstance(launcher, int) or isinstance(launcher, bool) or launcher <= 1:
+            raise ValueError(f"a launch process of pid {launcher!r}")  # a signal to it must reach only it
     except (OSError, ValueError) as exc:  # nothing was launched: the launch child never got "go"
         sock.close()
         return give_up(f"the watcher cannot be used ({' '.join(str(exc).split())})")
     if received:  # before "go": nothing was launched, and nothing will be
         sock.close()
         return give_up(None)
-    child.append(int(answer["pid"]))
-    message: Optional[Dict[str, Any]] = None
+    child.append(launcher)
+    flush_streams()
+    THIN_START["go"] = True
     try:
         channel.send({"op": "go"})
     except OSError:
         pass  # the child reads "go" or EOF: what it did, it says below
-    while True:
-        try:
-            message = channel.receive(None)
-        except (OSError, ValueError):
-            message = None
-        if message is None or message.get("op") in ("exit", "handoff", "decline"):
-            break
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if message is not None and message.get("op") == "decline":
+    # From here on a task may be launched: the run never goes on by itself (it could launch twice).
+    message = launch_outcome(channel)
+    if message is not None and message["op"] == "handoff":
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, numbers)  # first: a signal now waits for the thin runner
+    if message is not None and message["op"] == "decline":  # before any AWS call
         sock.close()
         return give_up(None)
     if message is None and received:  # the launch child ended on our signal and said so
         os._exit(exit_for_signal(received[0]))
     if message is None:
         resume_full(args, {"mode": "lost"})
-    if message.get("op") == "exit":
-        os._exit(int(message.get("code") or 0))
+    if message["op"] == "exit":
+        os._exit(message["code"])
     # `ps` shows the job's own command line after the state's fd; the end runs the same script.
     state = dict(message["state"], argv=args, script=runner_script(), context=context, paths=paths,
                  watcher_command=watcher_command(region, profile), pending=received[:1])
-    code = memory_file("ecsbatch-thin", decode_code(message["code"]))
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, numbers)
+    code = memory_file("ecsbatch-thin", message["code"])
     sock.close()
     exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE, str(code)], state,
                     extra=[state["script"]] + args)
+
+
+def launch_outcome(channel: LineChannel) -> Optional[Dict[str, Any]]:
+    """What the launch child said at the end of its part: "exit" (with a code of 0-255),
+    "handoff" (with the state and the thin runner's code), "decline", or None when it ended
+    without a word or with words that make no sense (then a task may have been launched)."""
+    while True:
+        try:
+            message = channel.receive(None)
+        except (OSError, ValueError):
+            return None
+        if message is None:
+            return None
+        op = message.get("op")
+        if op == "decline":
+            return message
+        if op == "exit":
+            code = message.get("code")
+            ok = isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255
+            return message if ok else None
+        if op == "handoff":
+            state = message.get("state")
+            try:
+                code = decode_code(message["code"])
+            except (KeyError, TypeError, ValueError):
+                return None
+            if not isinstance(state, dict) or not isinstance(state.get("task_arn"), str) or not code:
+                return None
+            return dict(message, code=code)
+
+
+def flush_streams() -> None:
+    """Flush stdout and stderr, which may be None (closed when the process started) or broken."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
 
 
 def runner_script() -> str:
@@ -945,7 +988,12 @@ def decode_code(text: str) -> bytes:
 # --- the end of the thin runner ---------------------------------------------------------------
 
 if __name__ in ("ecsbatch", "__main__") and thin_start_wanted(sys.argv, os.environ):
-    THIN_START["why"] = run_through_watcher(sys.argv[1:], region=None, profile=None)
+    try:
+        THIN_START["why"] = run_through_watcher(sys.argv[1:], region=None, profile=None)
+    except Exception as _exc:  # a last word: before "go" the run goes on by itself, after it never
+        if THIN_START.get("go"):
+            resume_full(sys.argv[1:], {"mode": "lost"})
+        THIN_START["why"] = f"the watcher cannot be used ({type(_exc).__name__})"
 
 import collections
 import contextlib

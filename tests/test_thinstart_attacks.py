@@ -1,0 +1,281 @@
+"""The thin start (a run handed to the shared watcher from the top of ecsbatch.py) under attack:
+closed streams, signals in the hand-off, garbage from a watcher, credentials that the context
+hash does not see, and the contract's exit codes through it. Real processes throughout."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import ecsbatch
+from conftest import FAST_POLL, Plan, Running, run_cli
+from localecs.proxy import FaultProxy
+from test_watcher import FakeWatcher, ecsbatch_dir, is_thin, start_thin, wait_until, watcher_pids, wjob  # noqa: F401
+
+from conftest import ecsbatch_command
+
+
+def run_closed(job, *args, close: str, env=None, timeout: float = 90):
+    """`ecsbatch run ... >&-` (or `2>&-`): the stream is closed when the process starts."""
+    command = ecsbatch_command() + ["run", "-f", str(job.run_file)] + FAST_POLL + list(args)
+    shell = f'exec "$@" {close}'
+    done = subprocess.run(["bash", "-c", shell, "bash"] + command, env=env or job.env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return done
+
+
+# --- closed streams --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("watcher", ["on", "off"])
+def test_a_stdout_closed_at_start_keeps_the_exit_code_and_no_traceback(wjob, watcher):
+    """cron or a wrapper runs `ecsbatch run >&-`: Python starts with sys.stdout = None. The run
+    must still exit with the container's code and say no traceback (as with the watcher off)."""
+    wjob.ecs.plans.append(Plan(running=1.0, exit_code=3))
+    done = run_closed(wjob, close=">&-", env=dict(wjob.env, ECSBATCH_WATCHER=watcher))
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 3, done.stderr[-3000:]
+    time.sleep(0.5)
+    assert [t.last_status for t in wjob.tasks()] == ["STOPPED"]
+
+
+def test_a_stderr_closed_at_start_keeps_the_exit_code(wjob):
+    wjob.ecs.plans.append(Plan(running=1.0, exit_code=3))
+    done = run_closed(wjob, close="2>&-")
+    assert done.returncode == 3, done
+    assert [t.last_status for t in wjob.tasks()] == ["STOPPED"]
+
+
+FLUSHABLE_NONE_STDOUT = (
+    "import io, sys\n"
+    "sys.stdout = io.StringIO()  # only past the flush of a None sys.stdout; fd 1 stays closed\n"
+    "import ecsbatch\n"
+    "ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None)\n"
+)
+
+
+def test_a_closed_stdout_is_harmless_past_the_flush(wjob):
+    """With the flush of a None sys.stdout out of the way, fd 1 (now the runner's socket) lent to
+    the launch child writes into the child's own end of the connection: the dry run still ends 0.
+    (A guard for the fix of the flush.)"""
+    assert wjob.run(plan=Plan(running=0.3, exit_code=0)).code == 0
+    done = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-c", FLUSHABLE_NONE_STDOUT,
+                           "run", "-f", str(wjob.run_file), "--dry-run"], env=wjob.env, capture_output=True,
+                          text=True, timeout=90, cwd=str(ecsbatch_dir()))
+    assert "may have been launched" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+# --- a watcher slow to start ------------------------------------------------------------------
+
+
+def test_a_watcher_slow_to_start_leaves_the_run_to_itself_without_a_traceback(wjob, tmp_path):
+    """start_watcher runs `ecsbatch watcher --detach` with subprocess.run(timeout=30): a watcher
+    whose first fork takes longer (100 runs starting at once on 2 cores, a slow disk) raises
+    subprocess.TimeoutExpired, which is no OSError: it escapes run_through_watcher at the top of
+    the file, a traceback and exit 1 for a job that never ran."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys, time\nif 'watcher' in sys.argv[1:3]:\n    time.sleep(40)\n")
+    env = dict(wjob.env, PYTHONPATH=str(site))
+    result = wjob.run(plan=Plan(running=0.3, exit_code=3), env=env, timeout=150)
+    assert "Traceback" not in result.stderr, result
+    assert result.code == 3, result
+
+
+# --- signals in the hand-off -----------------------------------------------------------------
+
+SIGNAL_IN_HANDOFF = (
+    "import os, signal, sys\n"
+    "import ecsbatch\n"
+    "original = ecsbatch.memory_file\n"
+    "def memory_file(name, data):\n"
+    "    if name == 'ecsbatch-thin':  # after the state is built, before the signals are blocked\n"
+    "        os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    return original(name, data)\n"
+    "ecsbatch.memory_file = memory_file\n"
+    "ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None)\n"
+    "print('returned', flush=True)\n"
+)
+
+
+def test_a_signal_while_the_runner_turns_thin_stops_the_task(wjob):
+    """SIGTERM (Hinemos's stop) lands after the "handoff" came and run_through_watcher built the
+    thin runner's state, but before it blocks the signals for the exec. The handler takes it, so
+    the blocked set has nothing pending and `pending` was already copied: the thin runner never
+    hears of it, the task runs to its end and the job exits with the container's code."""
+    wjob.ecs.plans.append(Plan(running=6.0, exit_code=0))
+    done = subprocess.run([sys.executable, "-c", SIGNAL_IN_HANDOFF, "run", "-f", str(wjob.run_file)] + FAST_POLL,
+                          env=wjob.env, capture_output=True, text=True, timeout=90, cwd=str(ecsbatch_dir()))
+    task = wjob.only_task()
+    assert done.returncode == 143, (done.returncode, done.stderr[-2000:])
+    assert task.stopped_reason == "ecsbatch: SIGTERM received by the job runner", task.stopped_reason
+
+
+# --- a watcher that answers garbage ----------------------------------------------------------
+
+
+class GarbageWatcher(FakeWatcher):
+    """Speaks protocol 1 up to the launch, then answers what the test gives."""
+
+    def __init__(self, launching: dict, after_go: list) -> None:
+        self.launching, self.after_go = launching, after_go
+        super().__init__()
+        self.answer_now.set()
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        channel = ecsbatch.LineChannel(conn)
+        try:
+            while True:
+                message = channel.receive(30)
+                if message is None:
+                    break
+                self.received.append(message["op"])
+                if message["op"] == "hello":
+                    channel.send({"op": "hello", "release": ecsbatch.__version__})
+                elif message["op"] == "launch":
+                    self.launch_seen.set()
+                    answer = dict(self.launching)
+                    if answer.get("pid") == "child":
+                        answer["pid"] = self.child.pid
+                    elif answer.get("pid") == "omit":
+                        del answer["pid"]
+                    channel.send(answer)
+                elif message["op"] == "go":
+                    for answer in self.after_go:
+                        channel.send(answer)
+                    time.sleep(1.0)
+                    break
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+            self.done.set()
+
+
+@pytest.mark.parametrize("launching, after_go, code", [
+    ({"op": "launching", "pid": "not-a-pid"}, [], None),  # before "go": nothing launched, run by itself
+    ({"op": "launching", "pid": "omit"}, [], None),
+    ({"op": "launching", "pid": "child"}, [{"op": "exit", "code": "three"}], 125),  # after "go": a task may be live
+    ({"op": "launching", "pid": "child"}, [{"op": "handoff"}], 125),
+    ({"op": "launching", "pid": "child"}, [{"op": "handoff", "state": {}, "code": "!!"}], 125),
+])
+def test_a_watcher_that_answers_garbage_never_gets_a_traceback(wjob, launching, after_go, code):
+    fake = GarbageWatcher(launching, after_go)
+    try:
+        result = wjob.run(plan=Plan(running=0.5, exit_code=6), env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=fake.path),
+                          timeout=90)
+    finally:
+        fake.close()
+    assert "Traceback" not in result.stderr, result
+    if code is None:  # nothing was sent that launches: the run goes on by itself
+        assert result.code == 6, result
+    else:
+        assert result.code == code, result
+        assert len(result.error_lines) >= 1 and result.error_lines[-1].startswith("ecsbatch"), result
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+class KeyRecorder(FaultProxy):
+    """A FaultProxy that notes which access key signed each request."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.keys: list = []
+
+    def _handle(self, handler) -> None:
+        auth = handler.headers.get("Authorization") or ""
+        operation = (handler.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
+        key = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else None
+        with self.lock:
+            self.keys.append((operation, key))
+        super()._handle(handler)
+
+
+def test_boto_config_selects_credentials_that_the_context_does_not_see(wjob, tmp_path):
+    """botocore's credential chain reads BOTO_CONFIG (BotoProvider: [Credentials] in a boto
+    config file). Two runs that differ only in BOTO_CONFIG get one watcher, and the second run's
+    RunTask is signed with the first run's key."""
+    with KeyRecorder(wjob.ecs.url) as recorder:
+        env = {k: v for k, v in wjob.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        env["AWS_ENDPOINT_URL"] = recorder.url
+        configs = {}
+        for name in ("ALPHA", "BRAVO"):
+            path = tmp_path / f"boto-{name}.cfg"
+            path.write_text(f"[Credentials]\naws_access_key_id = AKID{name}\naws_secret_access_key = s{name}\n")
+            configs[name] = str(path)
+        first = wjob.run(plan=Plan(running=0.3, exit_code=0), env=dict(env, BOTO_CONFIG=configs["ALPHA"]))
+        assert first.code == 0, first
+        assert ("RunTask", "AKIDALPHA") in recorder.keys
+        del recorder.keys[:]
+        second = wjob.run(plan=Plan(running=0.3, exit_code=0), env=dict(env, BOTO_CONFIG=configs["BRAVO"]))
+        assert second.code == 0, second
+        signed = {key for op, key in recorder.keys if op == "RunTask"}
+    assert signed == {"AKIDBRAVO"}, signed
+
+
+# --- the contract's exit codes through the thin start -----------------------------------------
+
+
+@pytest.mark.parametrize("args, code, stream, fragment", [
+    (["--bogus"], 2, "stderr", "No such option"),
+    (["--json", "--bogus"], 2, "stdout", '"exitCode": 2'),
+    (["-q", "--bogus"], 2, "stdout", "ecsbatch-result:"),
+    (["--help"], 0, "stdout", "Usage:"),
+    (["--dry-run"], 0, "stdout", "taskDefinition"),
+    (["--timeout", "x"], 2, "stderr", "--timeout"),
+])
+def test_exit_codes_of_the_thin_start_are_the_full_runs(wjob, args, code, stream, fragment):
+    result = wjob.run(*args)
+    assert result.code == code, result
+    assert fragment in getattr(result, stream), result
+    assert "Traceback" not in result.stderr
+    assert wjob.tasks() == []
+
+
+def test_options_after_a_value_dash_dash_still_decline_another_region(wjob):
+    """`-e -- --region=us-west-2`: the top-of-file gate sees only what is before `--`, but `--`
+    is -e's value here; the launch child parses the region and declines, nothing is launched
+    in the environment's context."""
+    result = wjob.run("-e", "--", "--region=us-west-2", plan=Plan(running=0.3, exit_code=3))
+    regions = {r["params"].get("cluster") for r in wjob.ecs.calls("RunTask")}
+    assert result.code == 2, result  # -e -- is not NAME=VALUE
+    assert wjob.tasks() == [], regions
+
+
+# --- the job key ------------------------------------------------------------------------------
+
+
+def test_two_runs_of_one_job_key_started_together_launch_once(wjob):
+    wjob.ecs.plans.extend([Plan(running=3.0, exit_code=4), Plan(running=3.0, exit_code=4)])
+    first = wjob.start("--job-key", "race/one")
+    second = wjob.start("--job-key", "race/one")
+    a, b = first.finish(), second.finish()
+    assert (a.code, b.code) == (4, 4), (a, b)
+    assert len(wjob.tasks()) == 1
+
+
+def test_stop_by_job_key_while_the_launch_child_waits_for_running(wjob):
+    """`ecsbatch stop --job-key` while the task is still PROVISIONING (the launch child has the
+    task; the runner is not thin yet): the runner passes the SIGTERM on and the task is stopped."""
+    running = wjob.start("--job-key", "nightly/early", plan=Plan(provisioning=4.0, running=60))
+    wait_until(wjob.tasks, what="the launch")
+    stopped = run_cli(["stop", "--cluster", wjob.cluster, "--job-key", "nightly/early", "--poll-interval", "0.2"],
+                      wjob.env)
+    result = running.finish()
+    assert stopped.code == 0, stopped
+    assert result.code == 143, result
+    assert wjob.only_task().last_status == "STOPPED"
+    assert not glob.glob(str(wjob.runtime / "ecsbatch" / "*.json"))
