@@ -324,6 +324,13 @@ class ThinRunner:
                 self.syslog = None
         self.stop_asked = False
         self.stop_sent = False
+        self.judge: Optional[int] = None  # the watcher's process that judges the end, once it said so
+
+    def forward(self, signum: int) -> None:
+        try:
+            os.kill(self.judge, signum)  # type: ignore[arg-type]
+        except OSError:
+            pass
 
     # output
     def write(self, fd: int, line: str) -> None:
@@ -383,6 +390,8 @@ class ThinRunner:
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
+        if self.judge and len(self.signals) == 1:  # it may be launching again: it stops what it launched
+            self.forward(signum)
         if len(self.signals) > 1:
             first = self.signals[0]
             arn = self.state["task_arn"]
@@ -480,18 +489,36 @@ class ThinRunner:
         the full ecsbatch (and from memory: a release pruned meanwhile does not matter); if it
         cannot, the full ecsbatch does it here."""
         resume = self.resume_state({"mode": "final", "final": final})
+        answer: Optional[Dict[str, Any]] = None
         try:
             channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
             while True:
-                answer = channel.receive(WATCHER_ANSWER_SECONDS * 4)
-                if answer is None or answer.get("op") in ("exit", "refused"):
+                # Once the judge is known it may wait out a backoff and launch again: no time limit.
+                answer = channel.receive(None if self.judge else WATCHER_ANSWER_SECONDS * 4)
+                if answer is None or answer.get("op") in ("exit", "refused", "handoff"):
                     break
+                judge = answer.get("pid") if answer.get("op") == "launching" else None
+                if isinstance(judge, int) and not isinstance(judge, bool) and judge > 1:
+                    self.judge = judge
+                    for signum in self.signals[:1]:  # one that came before it was known
+                        self.forward(signum)
         except (OSError, ValueError):
             answer = None
-        if answer is not None and answer.get("op") == "exit":
+        ending = checked_ending(answer) if answer is not None and answer.get("op") != "refused" else None
+        if ending is not None and ending["op"] == "exit":
             self.unregister()
-            os._exit(int(answer.get("code") or 0))
+            os._exit(ending["code"])
+        if ending is not None and ending["op"] == "handoff":  # the task failed to start; a new one runs
+            import _signal
+
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
+            channel.sock.close()
+            become_thin_runner(ending, args=list(self.state["argv"]), script=self.state["script"],
+                               context=self.state["context"], paths=self.state["paths"],
+                               watcher_command=self.state["watcher_command"], pending=self.signals[:1])
         channel.sock.close()
+        if self.judge and self.state.get("continuation"):  # it may have launched again: never a second judge
+            self.exec_full({"mode": "lost"})
         self.exec_full(resume)
 
     def handle(self, channel: LineChannel, message: Dict[str, Any]) -> None:
@@ -914,13 +941,10 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
         resume_full(args, {"mode": "lost"})
     if message["op"] == "exit":
         os._exit(message["code"])
-    # `ps` shows the job's own command line after the state's fd; the end runs the same script.
-    state = dict(message["state"], argv=args, script=runner_script(), context=context, paths=paths,
-                 watcher_command=watcher_command(region, profile), pending=received[:1])
-    code = memory_file("ecsbatch-thin", message["code"])
     sock.close()
-    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE, str(code)], state,
-                    extra=[state["script"]] + args)
+    # `ps` shows the job's own command line after the state's fd; the end runs the same script.
+    become_thin_runner(message, args=args, script=runner_script(), context=context, paths=paths,
+                       watcher_command=watcher_command(region, profile), pending=received[:1])
 
 
 def launch_outcome(channel: LineChannel) -> Optional[Dict[str, Any]]:
@@ -934,22 +958,40 @@ def launch_outcome(channel: LineChannel) -> Optional[Dict[str, Any]]:
             return None
         if message is None:
             return None
-        op = message.get("op")
-        if op == "decline":
-            return message
-        if op == "exit":
-            code = message.get("code")
-            ok = isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255
-            return message if ok else None
-        if op == "handoff":
-            state = message.get("state")
-            try:
-                code = decode_code(message["code"])
-            except (KeyError, TypeError, ValueError):
-                return None
-            if not isinstance(state, dict) or not isinstance(state.get("task_arn"), str) or not code:
-                return None
-            return dict(message, code=code)
+        if message.get("op") in ("decline", "exit", "handoff"):
+            return checked_ending(message)
+
+
+def checked_ending(message: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A launch child's last message as sent, the thin runner's code decoded; None when it makes
+    no sense (an exit code outside 0-255, a hand-off without a task or code)."""
+    op = message.get("op")
+    if op == "decline":
+        return message
+    if op == "exit":
+        code = message.get("code")
+        return message if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else None
+    if op == "handoff":
+        state = message.get("state")
+        try:
+            code = decode_code(message["code"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not isinstance(state, dict) or not isinstance(state.get("task_arn"), str) or not code:
+            return None
+        return dict(message, code=code)
+    return None
+
+
+def become_thin_runner(handoff: Dict[str, Any], *, args: List[str], script: str, context: str,
+                       paths: Mapping[str, str], watcher_command: List[str], pending: List[int]) -> None:
+    """Exec (same pid, the signals already blocked) into the thin runner for the task that a launch
+    child handed over (checked_ending), with `pending` the signal that came meanwhile."""
+    state = dict(handoff["state"], argv=args, script=script, context=context, paths=paths,
+                 watcher_command=watcher_command, pending=pending)
+    code = memory_file("ecsbatch-thin", handoff["code"])
+    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE, str(code)], state,
+                    extra=[script] + args)
 
 
 def flush_streams() -> None:
@@ -3869,7 +3911,7 @@ def wait_to_the_end(target: Target, guard: SignalGuard, *, timeout: Optional[flo
         watched = watch_one_task(target, guard, timeout=timeout, timeout_text=timeout_text, poll_interval=poll_interval,
                                  logs=logs, as_json=as_json, region=region, profile=profile,
                                  interrupted_by=interrupted_by, missing_grace=missing_grace,
-                                 hand_over={"attempts": None, "until_running": False} if WATCHER_CHILD else None)
+                                 hand_over={"attempts": None, "continuation": None} if WATCHER_CHILD else None)
         report_outcome(watched.outcome, task_arn=target.task["taskArn"], cluster=target.cluster, counted=target.counted,
                        follower=watched.follower, where=watched.where, as_json=as_json, elapsed=watched.elapsed)
         click.get_current_context().exit(watched.outcome.exit_code)
@@ -4064,33 +4106,37 @@ def launch_with_retries(ecs: Any, guard: SignalGuard, request: Mapping[str, Any]
         raise launch_failed(AwsError(f"{first}{message}"), log, counted, as_json, failures)
 
 
+class AttemptsSoFar(NamedTuple):
+    """A job's attempts up to a task that has ended, for run_attempts to go on from: the end of a
+    task that the shared watcher waited on is judged in another process than its launch."""
+
+    log: AttemptLog
+    window: LaunchWindow
+    watched: Watched
+    task_arn: str
+
+
 def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], policy: RetryPolicy, *, digest: str,
                  key: Optional[str], definition: Dict[str, Any], counted: List[str], timeout: Optional[float],
-                 wait_args: Dict[str, Any]) -> None:
+                 wait_args: Dict[str, Any], so_far: Optional[AttemptsSoFar] = None) -> int:
     """`run` from the first launch to the exit: launch (with retries), wait, judge; launch again
     after a task that failed to start for lack of capacity (same window), rerun after an
     interruption while --rerun-on-interruption allows (a new window, the reruns' request), then
-    report the last attempt's outcome, with the attempts, and exit with its code."""
-    log = AttemptLog()
-    job_deadline = None if timeout is None else policy.clock() + timeout
+    report the last attempt's outcome, with the attempts, and return its exit code. `so_far`: go
+    on from a task already waited on (continue_attempts)."""
+    log = so_far.log if so_far else AttemptLog()
+    job_deadline = so_far.window.job_deadline if so_far else None if timeout is None else policy.clock() + timeout
     timeout_text, as_json = wait_args["timeout_text"], wait_args["as_json"]
     cluster = request.get("cluster")
     with guard.hold():
-        window = LaunchWindow(policy, job_deadline, timeout_text)
+        window = so_far.window if so_far else LaunchWindow(policy, job_deadline, timeout_text)
         this_request, verb, context = request, "launched", None
+        watched, task_arn = (so_far.watched, so_far.task_arn) if so_far else (None, "")
         while True:
-            task, pending = launch_with_retries(ecs, guard, this_request, window, log, digest=digest, key=key,
-                                                verb=verb, definition=definition, counted=counted, as_json=as_json,
-                                                context=context)
-            task_arn = task["taskArn"]
-            remaining = None if job_deadline is None else max(0.0, job_deadline - policy.clock())
-            # Through the shared watcher, the runner waits thin, unless reruns may follow (they launch
-            # from here); a task that may still fail to start for capacity is handed over once RUNNING.
-            hand_over = {"attempts": log, "until_running": policy.launch_timeout > 0} \
-                if WATCHER_CHILD is not None and not policy.reruns else None
-            watched = watch_one_task(Target(ecs, cluster, task, definition, counted), guard, timeout=remaining,
-                                     interrupted_by=pending, missing_grace=MISSING_GRACE_SECONDS, hand_over=hand_over,
-                                     **wait_args)
+            if watched is None:
+                watched, task_arn = launch_and_wait(ecs, guard, this_request, policy, window, log, digest=digest,
+                                                    key=key, definition=definition, counted=counted, verb=verb,
+                                                    context=context, wait_args=wait_args)
             outcome = watched.outcome
             decision = after_attempt(outcome.kind, outcome.task, counted, reruns_done=log.reruns,
                                      reruns_allowed=policy.reruns)
@@ -4103,6 +4149,7 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
                 except LaunchInterrupted as error:
                     raise launch_failed(error, log, counted, as_json)
                 if why_not is None:
+                    watched = None
                     continue
                 outcome = outcome._replace(message=window.gave_up(outcome.message, why_not, log))
             elif decision.action == ATTEMPT_RERUN:
@@ -4113,12 +4160,59 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
                 context = f"rerun {log.reruns} of {policy.reruns} after task {task_id(task_arn)} was interrupted ({why})"
                 this_request = rerun_request(request, policy.strategy)
                 window = LaunchWindow(policy, job_deadline, timeout_text)
+                watched = None
                 continue
             elif decision.why and policy.reruns:  # say that the reruns ran out
                 outcome = outcome._replace(message=f"{outcome.message}; {decision.why.split('; ', 1)[-1]}")
             report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=watched.follower,
                            where=watched.where, as_json=as_json, elapsed=watched.elapsed, attempts=log)
-            click.get_current_context().exit(outcome.exit_code)
+            return outcome.exit_code
+
+
+def launch_and_wait(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], policy: RetryPolicy,
+                    window: LaunchWindow, log: AttemptLog, *, digest: str, key: Optional[str],
+                    definition: Dict[str, Any], counted: List[str], verb: str, context: Optional[str],
+                    wait_args: Dict[str, Any]) -> Tuple[Watched, str]:
+    """One attempt of run_attempts: launch (with retries) and wait for the task's end. Through the
+    shared watcher the runner waits thin, unless reruns may follow (they launch from here); the
+    attempts so far go with it, so that a task that fails to start for lack of capacity is
+    launched again by whoever judges its end (continue_attempts)."""
+    task, pending = launch_with_retries(ecs, guard, request, window, log, digest=digest, key=key, verb=verb,
+                                        definition=definition, counted=counted, as_json=wait_args["as_json"],
+                                        context=context)
+    remaining = None if window.job_deadline is None else max(0.0, window.job_deadline - policy.clock())
+    hand_over = None
+    if WATCHER_CHILD is not None and not policy.reruns:
+        hand_over = {"attempts": log, "continuation": None if policy.launch_timeout <= 0 else {
+            "request": dict(request), "digest": digest, "key": key, "launch_timeout": policy.launch_timeout_text,
+            "backoff_cap": policy.backoff_cap, "window_started": window.started, "window_attempts": window.attempts,
+            "job_deadline": window.job_deadline, "wait_args": wait_args}}
+    watched = watch_one_task(Target(ecs, request.get("cluster"), task, definition, counted), guard, timeout=remaining,
+                             interrupted_by=pending, missing_grace=MISSING_GRACE_SECONDS, hand_over=hand_over,
+                             **wait_args)
+    return watched, task["taskArn"]
+
+
+def continue_attempts(continuation: Mapping[str, Any], log: AttemptLog, watched: Watched, task_arn: str,
+                      guard: SignalGuard, definition: Dict[str, Any], counted: List[str]) -> Optional[int]:
+    """After a task that a thin runner waited on: if it failed to start for lack of capacity and
+    its launch window is still open, go on with the job's attempts here, as the launching `run`
+    would have (backoff, a new launch, its wait, the report); return the exit code. None: no
+    attempt follows, and the ending is reported as it is."""
+    decision = after_attempt(watched.outcome.kind, watched.outcome.task, counted, reruns_done=log.reruns,
+                             reruns_allowed=0)
+    if decision.action != ATTEMPT_RETRY:
+        return None
+    wait_args = dict(continuation["wait_args"])
+    policy = RetryPolicy(launch_timeout=parse_launch_timeout(continuation["launch_timeout"]),
+                         launch_timeout_text=continuation["launch_timeout"],
+                         backoff_cap=float(continuation["backoff_cap"]), reruns=0, strategy=[], rng=random.Random())
+    window = LaunchWindow(policy, continuation["job_deadline"], wait_args["timeout_text"])
+    window.started, window.attempts = float(continuation["window_started"]), int(continuation["window_attempts"])
+    ecs = make_client("ecs", wait_args["region"], wait_args["profile"])
+    return run_attempts(ecs, guard, continuation["request"], policy, digest=continuation["digest"],
+                        key=continuation["key"], definition=definition, counted=counted, timeout=None,
+                        wait_args=wait_args, so_far=AttemptsSoFar(log, window, watched, task_arn))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4919,8 +5013,9 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
 
     # Each launch attempt has a clientToken of its own; botocore's retries and the re-sends of an
     # attempt whose answer was lost reuse it, so ECS starts one task per attempt.
-    run_attempts(ecs, guard, final, policy, digest=digest, key=own_key, definition=definition, counted=counted,
-                 timeout=timeout, wait_args=wait_args)
+    click.get_current_context().exit(run_attempts(ecs, guard, final, policy, digest=digest, key=own_key,
+                                                  definition=definition, counted=counted, timeout=timeout,
+                                                  wait_args=wait_args))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -5327,43 +5422,21 @@ def decline_unless_ours(region: Optional[str], profile: Optional[str], debug: bo
     os._exit(0)
 
 
-WAITING_TO_RUN = ("", "PROVISIONING", "PENDING", "ACTIVATING")  # a task may still fail to start
-
-
 def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, timeout: Optional[float],
                        timeout_text: Optional[str], poll_interval: float, logs: bool, as_json: bool,
                        region: Optional[str], profile: Optional[str], missing_grace: float,
-                       attempts: Optional[AttemptLog], until_running: bool) -> Optional[int]:
+                       attempts: Optional[AttemptLog], continuation: Optional[Dict[str, Any]]) -> Optional[int]:
     """Full, in a launch child, where the wait begins: give the task to the runner and exit.
 
-    With `until_running`, this process first waits (its own polls) until the task runs, since a
-    task that fails to start for lack of capacity is launched again from here. Returns, and the
-    child waits as `run` always does, when there is no runner to give it to, the task ended or
-    vanished first, or a signal came: that signal (then the task is stopped), else None."""
+    `continuation`: what the judge of the task's end needs to launch again after a failure to
+    start for lack of capacity (continue_attempts), the launch window included. Returns, and the
+    child waits as `run` always does, when there is no runner to give it to or a signal came
+    first: that signal (then the task is stopped), else None."""
     child = WATCHER_CHILD
     if child is None or guard.received is not None or THIN_CODE is None:
         return None
     task_arn, cluster, counted, definition = target.task["taskArn"], target.cluster, target.counted, target.definition
     deadline = None if timeout is None else watch.started + timeout
-    if until_running:
-        first = True
-        try:
-            with guard.interruptible():
-                while (watch.last_status or "") in WAITING_TO_RUN:
-                    delay = next_poll_delay(poll_interval, watch.rng, first=first)
-                    first = False
-                    if deadline is not None:
-                        if time.monotonic() >= deadline:
-                            return None
-                        delay = min(delay, max(0.0, deadline - time.monotonic()))
-                    time.sleep(delay)
-                    watch.poll()
-        except Interrupted as interrupt:
-            return interrupt.signum
-        except TaskMissing:
-            return None  # the wait here says so, by the same rules
-        if watch.last_status == "STOPPED":
-            return None
     source, where = container_log_source(definition, counted[0], task_arn) if logs else (None, None)
     if logs:  # what open_log_follower says
         progress(where if source is None else f"streaming the log of {counted[0]} from {where}")
@@ -5379,6 +5452,7 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
         "ticket": task_ticket(child["key"], task_arn, runner["pid"], runner["start"]) + ":" +
         task_ticket(child["key"], cluster or "", runner["pid"], runner["start"]),
         "encodings": child["encodings"], "tail_lines": LOG_TAIL_LINES, "registry": list(OWN_ENTRIES),
+        "runner": runner, "continuation": continuation,
         "exit_for_signal": {str(int(k)): v for k, v in EXIT_FOR_SIGNAL.items()},
         "stop_command": stop_command(cluster, task_arn),
         "output": {"quiet": OUTPUT.quiet, "limit": OUTPUT.limit, "stderr_used": OUTPUT.stderr_used},
@@ -5416,6 +5490,17 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
         state = RESUME_STATE["state"]
         message = dict(message, cwd="/", env=dict(os.environ, ECSBATCH_SYSLOG_SOCKET=state.get("syslog") or ""),
                        encodings=state["encodings"], argv=state["argv"], runner={})
+        if state.get("runner"):  # a failure to start launches again from here, and hands over again
+            WATCHER_CHILD = {"channel": channel, "runner": state["runner"], "key": key,
+                             "encodings": state["encodings"], "context": state.get("context")}
+            OWN_ENTRIES[:] = list(state.get("registry") or [])
+        # The runner forwards its signals here from now on. They wait (blocked) for resume_job's
+        # guard, which records them: no attempt follows a signal, and the judged ending stands.
+        signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
+        try:
+            channel.send({"op": "launching", "pid": os.getpid()})
+        except OSError:
+            os._exit(0)
     else:
         try:
             channel.send({"op": "launching", "pid": os.getpid()})
@@ -5536,6 +5621,11 @@ def resume_job(resume: Dict[str, Any]) -> int:
                                      missing_grace=state["missing_grace"],
                                      resumed=resume)
             outcome, follower, where, elapsed = watched.outcome, watched.follower, watched.where, watched.elapsed
+        if state.get("continuation") and attempts is not None:  # a failure to start may be launched again
+            code = continue_attempts(state["continuation"], attempts, Watched(outcome, follower, where, elapsed),
+                                     task_arn, guard, state["definition"], counted)
+            if code is not None:
+                return code
         report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=follower, where=where,
                        as_json=state["as_json"], elapsed=elapsed, attempts=attempts)
     return outcome.exit_code

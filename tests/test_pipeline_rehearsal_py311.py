@@ -52,7 +52,7 @@ def test_redeploys_keep_the_release_a_running_job_uses(build, ecs, batch):
     job_release = batch.current()
     ecs.plans.append(Plan(running=150, exit_code=6))
     job = batch.job([str(home / "current/venv/bin/ecsbatch"), "run", "-f", str(home / "current/run-task.yaml"),
-                     "--poll-interval", "0.2", "--", "exit", "6"], ecs)
+                     "--poll-interval", "0.2", "--", "exit", "6"], ecs, extra_env={"ECSBATCH_WATCHER_IDLE": "2"})
     time.sleep(3)
     for _ in range(2):
         deployed = batch.deploy(build.release)
@@ -63,6 +63,9 @@ def test_redeploys_keep_the_release_a_running_job_uses(build, ecs, batch):
     ecs.finish(job_task)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 6, err
+    # The job's shared watcher runs from its release too, until it has been idle for a while
+    # (ECSBATCH_WATCHER_IDLE, 2 s here): the release is pruned once nothing runs from it.
+    wait_until_nothing_runs_from(job_release)
     deployed = batch.deploy(build.release)
     assert deployed.ok and job_release.split("/")[-1] not in batch.releases(), deployed.output
     assert len(batch.releases()) == 2  # current and the previous one, with ECSBATCH_KEEP_RELEASES=1
@@ -96,3 +99,22 @@ def test_a_failed_install_removes_only_its_own_directory(build, batch, tmp_path)
     failed = batch.deploy(broken)
     assert failed.failed_event == "AfterInstall" and "current is unchanged" in failed.output
     assert batch.releases() == before and batch.current() == current
+
+
+def wait_until_nothing_runs_from(release: str, timeout: float = 60.0) -> None:
+    """Until no process runs a program or script from `release` (a watcher idling out)."""
+    deadline = time.monotonic() + timeout
+    running: list = []
+    while time.monotonic() < deadline:
+        running = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if release in command:
+                running.append(command)
+        if not running:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"still running from {release}: {running}")
