@@ -27,6 +27,7 @@ import ecsbatch
 from conftest import APP, FAST_POLL, SIDECAR, Plan, Running, run_cli
 from hinemos import awslogs_container, ensure_log_group, put_log_lines
 from localecs.lifecycle import failed_to_start
+from test_capacity import wait_in_backoff
 
 AWSLOGS_APP = awslogs_container(APP)
 
@@ -104,15 +105,34 @@ def test_exit_codes_through_the_watcher(wjob, plan, expected, verdict):
     assert "Traceback" not in result.stderr
 
 
-def test_a_task_that_fails_to_start_is_judged_by_the_launch_as_always(wjob):
-    """A task that never runs is judged where it was launched (the launch child, full ecsbatch):
-    a capacity failure to start is launched again there, as without the watcher."""
-    wjob.ecs.plans.extend([failed_to_start(), Plan(running=0.5, exit_code=4)])
-    result = wjob.run()
+def test_a_task_that_fails_to_start_is_launched_again_by_the_judge_of_its_end(wjob):
+    """The runner waits thin from the launch on. A task that fails to start for lack of capacity
+    is launched again by the watcher's child that judges its end, within the same launch window,
+    and handed to the same runner, which waits thin again; a permanent reason is not retried."""
+    wjob.ecs.plans.extend([failed_to_start(provisioning=2.0), Plan(running=2.0, exit_code=4)])
+    running = start_thin(wjob)
+    wait_until(lambda: len(wjob.tasks()) == 2, what="the second launch")
+    wait_until(lambda: is_thin(running.process.pid), what="the runner thin again")
+    result = running.finish()
     assert result.code == 4, result
     assert len(wjob.tasks()) == 2 and "after 2 launch attempts" in result.error_lines[-1]
     result = wjob.run(plan=Plan(stop_code="TaskFailedToStart", stopped_reason="CannotPullContainerError: not found"))
     assert result.code == 125 and "failed to start" in result.error_lines[-1], result
+    assert len(wjob.tasks()) == 3
+
+
+def test_a_signal_while_the_judge_waits_to_launch_again_ends_the_attempts(wjob):
+    """SIGTERM while the judging child waits out the backoff before launching again: the runner
+    forwards it there, no further task is launched, and the job exits 143 with one line."""
+    wjob.ecs.plans.extend([failed_to_start() for _ in range(30)])
+    running = start_thin(wjob, "--launch-backoff", "8s")
+    wait_in_backoff(running)  # a wait of a second or more has begun
+    launched = len(wjob.tasks())
+    running.signal(signal.SIGTERM)
+    result = running.finish()
+    assert result.code == 143, result
+    assert "no task is running" in result.error_lines[-1], result
+    assert len(wjob.tasks()) == launched
 
 
 @pytest.mark.parametrize("signum, expected", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
