@@ -5,23 +5,16 @@ hash does not see, and the contract's exit codes through it. Real processes thro
 from __future__ import annotations
 
 import glob
-import json
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import ecsbatch
-from conftest import FAST_POLL, Plan, Running, run_cli
+from conftest import FAST_POLL, Plan, ecsbatch_command, run_cli
 from localecs.proxy import FaultProxy
-from test_watcher import FakeWatcher, ecsbatch_dir, is_thin, start_thin, wait_until, watcher_pids, wjob  # noqa: F401
-
-from conftest import ecsbatch_command
+from test_watcher import FakeWatcher, ecsbatch_dir, wait_until, wjob  # noqa: F401
 
 
 def run_closed(job, *args, close: str, env=None, timeout: float = 90):
