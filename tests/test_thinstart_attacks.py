@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-import ecsbatch
 from conftest import FAST_POLL, Plan, ecsbatch_command, run_cli
 from localecs.proxy import FaultProxy
 from test_watcher import FakeWatcher, ecsbatch_dir, wait_until, wjob  # noqa: F401
@@ -125,35 +124,18 @@ class GarbageWatcher(FakeWatcher):
         super().__init__()
         self.answer_now.set()
 
-    def serve(self) -> None:
-        conn, _ = self.listener.accept()
-        channel = ecsbatch.LineChannel(conn)
-        try:
-            while True:
-                message = channel.receive(30)
-                if message is None:
-                    break
-                self.received.append(message["op"])
-                if message["op"] == "hello":
-                    channel.send({"op": "hello", "release": ecsbatch.__version__})
-                elif message["op"] == "launch":
-                    self.launch_seen.set()
-                    answer = dict(self.launching)
-                    if answer.get("pid") == "child":
-                        answer["pid"] = self.child.pid
-                    elif answer.get("pid") == "omit":
-                        del answer["pid"]
-                    channel.send(answer)
-                elif message["op"] == "go":
-                    for answer in self.after_go:
-                        channel.send(answer)
-                    time.sleep(1.0)
-                    break
-        except (OSError, ValueError):
-            pass
-        finally:
-            conn.close()
-            self.done.set()
+    def on_launch(self, channel) -> None:
+        answer = dict(self.launching)
+        if answer.get("pid") == "child":
+            answer["pid"] = self.child.pid
+        elif answer.get("pid") == "omit":
+            del answer["pid"]
+        channel.send(answer)
+
+    def on_go(self, channel) -> None:
+        for answer in self.after_go:
+            channel.send(answer)
+        time.sleep(1.0)
 
 
 @pytest.mark.parametrize("launching, after_go, code", [

@@ -545,15 +545,22 @@ class FakeWatcher:
                     channel.send({"op": "hello", "release": ecsbatch.__version__})
                 elif message["op"] == "launch":
                     self.launch_seen.set()
-                    self.answer_now.wait(30)
-                    channel.send({"op": "launching", "pid": self.child.pid})
+                    self.on_launch(channel)
                 elif message["op"] == "go":
-                    break  # the launch child is lost without a word
+                    self.on_go(channel)
+                    break
         except (OSError, ValueError):
             pass
         finally:
             conn.close()
             self.done.set()
+
+    def on_launch(self, channel) -> None:
+        self.answer_now.wait(30)
+        channel.send({"op": "launching", "pid": self.child.pid})
+
+    def on_go(self, channel) -> None:
+        """Then the launch child is lost without a word."""
 
     def close(self) -> None:
         self.listener.close()
