@@ -206,6 +206,29 @@ def test_stop_by_job_key_reaches_a_thin_runner(wjob):
     assert not glob.glob(str(wjob.runtime / "ecsbatch" / "*.json")), "the runner's registry entry is gone"
 
 
+def test_one_describe_tasks_a_cycle_covers_every_task_even_one_being_stopped(wjob):
+    """Five runners of one interval, one of them timing out meanwhile: while they all wait, the
+    watcher asks about all of them in one DescribeTasks per interval, the task being stopped
+    included (it looks for STOPPED in the same cycle), where five runners of their own would
+    make five calls per interval."""
+    interval = 1.0
+    runners = [start_thin(wjob, "--poll-interval", str(interval), plan=Plan(running=8.0, exit_code=0))
+               for _ in range(4)]
+    runners.append(start_thin(wjob, "--poll-interval", str(interval), "--timeout", "5",
+                              plan=Plan(running=60, exit_code=0, stop_delay=2.0)))
+    wait_until(lambda: sum(t.last_status == "RUNNING" for t in wjob.tasks()) == 5, what="five tasks running")
+    since = time.monotonic()
+    time.sleep(6.0)
+    until = time.monotonic()
+    arns = {t.task_arn for t in wjob.tasks()}
+    calls = [c for c in wjob.ecs.calls("DescribeTasks") if since <= c["at"] <= until
+             and set(c["params"].get("tasks", [])) & arns]
+    assert len(calls) <= (until - since) / interval + 2, [sorted(c["params"]["tasks"]) for c in calls]
+    assert max(len(c["params"]["tasks"]) for c in calls) == 5
+    codes = [runner.finish().code for runner in runners]
+    assert codes == [0, 0, 0, 0, 124], codes
+
+
 def test_a_killed_runner_leaves_its_task_and_a_rerun_attaches(wjob):
     """kill -9 of a thin runner: as without the watcher, the task runs on (the watcher cannot
     tell a killed runner from one that re-execs to wait by itself), and a rerun of the job key
