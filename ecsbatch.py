@@ -5532,6 +5532,9 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
         code = exc.code
     except BaseException:  # main() answers for everything; this is only a last word
         code = EXIT_ECS_FAILURE
+    # The job's ending is decided and said: a signal the runner forwards late changes nothing, and
+    # must not keep its "exit" from the runner.
+    signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
     code = code if isinstance(code, int) else (0 if code is None else 1)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
@@ -5621,14 +5624,17 @@ def resume_job(resume: Dict[str, Any]) -> int:
                                      missing_grace=state["missing_grace"],
                                      resumed=resume)
             outcome, follower, where, elapsed = watched.outcome, watched.follower, watched.where, watched.elapsed
+        code = None
         if state.get("continuation") and attempts is not None:  # a failure to start may be launched again
             code = continue_attempts(state["continuation"], attempts, Watched(outcome, follower, where, elapsed),
                                      task_arn, guard, state["definition"], counted)
-            if code is not None:
-                return code
-        report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=follower, where=where,
-                       as_json=state["as_json"], elapsed=elapsed, attempts=attempts)
-    return outcome.exit_code
+        if code is None:
+            report_outcome(outcome, task_arn=task_arn, cluster=cluster, counted=counted, follower=follower,
+                           where=where, as_json=state["as_json"], elapsed=elapsed, attempts=attempts)
+            code = outcome.exit_code
+        # Judged and said: a signal from now on (say, forwarded late by the runner) changes nothing.
+        signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
+    return code
 
 
 class WatchedTask:
