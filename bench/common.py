@@ -88,7 +88,10 @@ def percentile(values, fraction: float) -> float:
 
 def runner_env(**extra: str) -> dict:
     """The runners' environment. Bytecode caching stays on, as on a batch server where pip
-    compiled the release at install time; without it every start recompiles ecsbatch."""
+    compiled the release at install time; without it every start recompiles ecsbatch. Each runner
+    waits by itself (ECSBATCH_WATCHER=off) unless `extra` says otherwise: wait_cost.py and
+    concurrency.py measure that mode, watcher.py sets it per batch."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["ECSBATCH_WATCHER"] = "off"
     env.update(extra)
     return env
