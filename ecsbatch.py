@@ -5688,6 +5688,7 @@ class Watcher:
         self.cycles = 0
         self.answers: Dict[Optional[str], Any] = {}  # the last cycle's, by cluster
         self.asked: set = set()  # the tasks that the last cycle asked about
+        self.next_cycle_at: Dict[float, float] = {}  # by poll interval: when its next cycle begins
         self.cycle_at = time.monotonic()
         self.last_busy = time.monotonic()
         self.ecs = make_client("ecs", region, profile)
@@ -5814,10 +5815,12 @@ class Watcher:
                 self.queue(conn, {"op": "refused", "why": "this runner did not start or attach to that task"})
                 return
             task = WatchedTask(conn, message)
-            with self.lock:  # join the next cycle, so that one DescribeTasks still covers every task
-                cycles = [t.next_due for t in self.tasks.values() if not t.finishing]
+            # Join the next cycle of its interval (planned when the last one began, so also while
+            # one is in flight), so that one DescribeTasks still covers every task; else look now.
             now = time.monotonic()
-            task.next_due = min(cycles) if cycles and min(cycles) - now <= task.interval else now
+            with self.lock:
+                planned = self.next_cycle_at.get(task.interval)
+            task.next_due = planned if planned is not None and now < planned <= now + task.interval else now
             task.watch = self.batch_watch(task)
             if task.source is not None:
                 task.follower = self.relay_follower(task)
@@ -5960,6 +5963,9 @@ class Watcher:
             by_cluster: Dict[Optional[str], List[WatchedTask]] = {}
             for task in due:
                 by_cluster.setdefault(task.cluster, []).append(task)
+            with self.lock:
+                for task in due:
+                    self.next_cycle_at[task.interval] = now + task.interval
             answers: Dict[Optional[str], Any] = {}
             for cluster, tasks in by_cluster.items():
                 merged: Dict[str, List[Any]] = {"tasks": [], "failures": []}
