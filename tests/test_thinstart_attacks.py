@@ -56,9 +56,8 @@ FLUSHABLE_NONE_STDOUT = (
 
 
 def test_a_closed_stdout_is_harmless_past_the_flush(wjob):
-    """With the flush of a None sys.stdout out of the way, fd 1 (now the runner's socket) lent to
-    the launch child writes into the child's own end of the connection: the dry run still ends 0.
-    (A guard for the fix of the flush.)"""
+    """A run with stdout open ends 0 as before: standard_fds() is taken before the watcher's socket
+    is opened, so a closed fd 1 becomes /dev/null for the launch child, never the socket."""
     assert wjob.run(plan=Plan(running=0.3, exit_code=0)).code == 0
     done = subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", sys.executable, "-c", FLUSHABLE_NONE_STDOUT,
                            "run", "-f", str(wjob.run_file), "--dry-run"], env=wjob.env, capture_output=True,
@@ -71,10 +70,9 @@ def test_a_closed_stdout_is_harmless_past_the_flush(wjob):
 
 
 def test_a_watcher_slow_to_start_leaves_the_run_to_itself_without_a_traceback(wjob, tmp_path):
-    """start_watcher runs `ecsbatch watcher --detach` with subprocess.run(timeout=30): a watcher
-    whose first fork takes longer (100 runs starting at once on 2 cores, a slow disk) raises
-    subprocess.TimeoutExpired, which is no OSError: it escapes run_through_watcher at the top of
-    the file, a traceback and exit 1 for a job that never ran."""
+    """start_watcher runs `ecsbatch watcher --detach` and waits at most WATCHER_START_SECONDS: a
+    watcher slower to start (100 runs starting at once on 2 cores, a slow disk) leaves the run
+    to itself, with no traceback, and the job runs and ends right."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import sys, time\nif 'watcher' in sys.argv[1:3]:\n    time.sleep(40)\n")
@@ -101,10 +99,9 @@ SIGNAL_IN_HANDOFF = (
 
 
 def test_a_signal_while_the_runner_turns_thin_stops_the_task(wjob):
-    """SIGTERM (Hinemos's stop) lands after the "handoff" came and run_through_watcher built the
-    thin runner's state, but before it blocks the signals for the exec. The handler takes it, so
-    the blocked set has nothing pending and `pending` was already copied: the thin runner never
-    hears of it, the task runs to its end and the job exits with the container's code."""
+    """SIGTERM (Hinemos's stop) lands after the "handoff" came, while run_through_watcher builds the
+    thin runner's state: the signals are blocked as soon as the hand-off is read, so it waits for
+    the thin runner, which stops the task, and the job exits 143."""
     wjob.ecs.plans.append(Plan(running=6.0, exit_code=0))
     done = subprocess.run([sys.executable, "-c", SIGNAL_IN_HANDOFF, "run", "-f", str(wjob.run_file)] + FAST_POLL,
                           env=wjob.env, capture_output=True, text=True, timeout=90, cwd=str(ecsbatch_dir()))
@@ -179,10 +176,10 @@ class KeyRecorder(FaultProxy):
         super()._handle(handler)
 
 
-def test_boto_config_selects_credentials_that_the_context_does_not_see(wjob, tmp_path):
+def test_boto_config_is_part_of_the_credential_context(wjob, tmp_path):
     """botocore's credential chain reads BOTO_CONFIG (BotoProvider: [Credentials] in a boto
-    config file). Two runs that differ only in BOTO_CONFIG get one watcher, and the second run's
-    RunTask is signed with the first run's key."""
+    config file). Two runs that differ only in BOTO_CONFIG get a watcher each, and each run's
+    RunTask is signed with its own key, never the other's."""
     with KeyRecorder(wjob.ecs.url) as recorder:
         env = {k: v for k, v in wjob.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         env["AWS_ENDPOINT_URL"] = recorder.url
@@ -243,8 +240,8 @@ def test_two_runs_of_one_job_key_started_together_launch_once(wjob):
 
 
 def test_stop_by_job_key_while_the_launch_child_waits_for_running(wjob):
-    """`ecsbatch stop --job-key` while the task is still PROVISIONING (the launch child has the
-    task; the runner is not thin yet): the runner passes the SIGTERM on and the task is stopped."""
+    """`ecsbatch stop --job-key` while the task is still PROVISIONING, right after the launch: the
+    runner (thin, or about to be) stops the task."""
     running = wjob.start("--job-key", "nightly/early", plan=Plan(provisioning=4.0, running=60))
     wait_until(wjob.tasks, what="the launch")
     stopped = run_cli(["stop", "--cluster", wjob.cluster, "--job-key", "nightly/early", "--poll-interval", "0.2"],
