@@ -6138,6 +6138,12 @@ def zygote_loop(sock: Any, key: bytes) -> None:
                 pass
 
     signal.signal(signal.SIGCHLD, reap)
+    # What is loaded now stays out of every child's garbage collections, which would otherwise
+    # touch (and so copy) the pages of botocore's models in each child.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
