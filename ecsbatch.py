@@ -5474,6 +5474,28 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
     os._exit(0)
 
 
+def follow_runner(channel: LineChannel) -> None:
+    """This child does the runner's job only while the runner lives: the runner sends nothing more
+    (its signals come by kill), so its end of the connection closing means it was killed (or
+    gave us up). Then this child ends at once, as the killed runner's own process would have: a
+    task already launched is left running (a rerun with its key attaches to it), and no launch,
+    retry or rerun follows."""
+    import threading
+
+    def watch() -> None:
+        import select
+
+        try:
+            while True:
+                select.select([channel.sock], [], [])
+                if not channel.sock.recv(4096):
+                    os._exit(0)
+        except OSError:
+            os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: bytes) -> None:
     """Full, in a child of the zygote: become the runner's `run` up to the launch, with its
     stdin, stdout, stderr, directory, environment and arguments."""
@@ -5501,6 +5523,7 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
             channel.send({"op": "launching", "pid": os.getpid()})
         except OSError:
             os._exit(0)
+        follow_runner(channel)
     else:
         try:
             channel.send({"op": "launching", "pid": os.getpid()})
@@ -5509,6 +5532,7 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
             go = None
         if not go or go.get("op") != "go":
             os._exit(0)  # the runner gave up on us: it launches by itself, we launch nothing
+    follow_runner(channel)
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
