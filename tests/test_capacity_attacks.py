@@ -219,7 +219,8 @@ def test_an_attached_interrupted_task_whose_runner_is_gone_is_125(job, tmp_path)
     """Nobody will launch the job again (its runner was killed): the interruption is the verdict."""
     env = own_runtime(job, tmp_path)
     key = f"{job.family}/attached-orphan"
-    job.ecs.plans.extend([spot_interruption(running=2.5, **QUICK), Plan(running=60, **QUICK)])
+    # Time enough for the second run to attach before Spot takes the task, on a busy machine too.
+    job.ecs.plans.extend([spot_interruption(running=8.0, **QUICK), Plan(running=60, **QUICK)])
     first = job.start(*FAST, "--job-key", key, "--rerun-on-interruption", "1", env=env)
     first.wait_for("launched task")
     first.process.kill()
