@@ -497,8 +497,8 @@ class ThinRunner:
                 answer = channel.receive(None if self.judge else WATCHER_ANSWER_SECONDS * 4)
                 if answer is None or answer.get("op") in ("exit", "refused", "handoff"):
                     break
-                judge = answer.get("pid") if answer.get("op") == "launching" else None
-                if isinstance(judge, int) and not isinstance(judge, bool) and judge > 1:
+                judge = process_id(answer.get("pid")) if answer.get("op") == "launching" else None
+                if judge is not None:
                     self.judge = judge
                     for signum in self.signals[:1]:  # one that came before it was known
                         self.forward(signum)
@@ -912,9 +912,9 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
         answer = channel.receive(WATCHER_ANSWER_SECONDS)
         if not answer or answer.get("op") != "launching":
             raise ValueError((answer or {}).get("why") or "no answer")
-        launcher = answer.get("pid")
-        if not isinstance(launcher, int) or isinstance(launcher, bool) or launcher <= 1:
-            raise ValueError(f"a launch process of pid {launcher!r}")  # a signal to it must reach only it
+        launcher = process_id(answer.get("pid"))
+        if launcher is None:
+            raise ValueError(f"a launch process of pid {answer.get('pid')!r}")  # a signal must reach only it
     except (OSError, ValueError) as exc:  # nothing was launched: the launch child never got "go"
         sock.close()
         return give_up(f"the watcher cannot be used ({' '.join(str(exc).split())})")
@@ -992,6 +992,12 @@ def become_thin_runner(handoff: Dict[str, Any], *, args: List[str], script: str,
     code = memory_file("ecsbatch-thin", handoff["code"])
     exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE, str(code)], state,
                     extra=[script] + args)
+
+
+def process_id(value: Any) -> Optional[int]:
+    """`value` as a pid that a signal may be sent to: an int above 1 (0, -1 and 1 would reach a
+    process group, every process of the user, or init), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else None
 
 
 def flush_streams() -> None:
@@ -5466,9 +5472,7 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
     if guard.received is not None:
         guard.install()
         return None
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
+    flush_streams()
     with contextlib.suppress(OSError):  # a runner killed meanwhile leaves its task running, as always
         child["channel"].send({"op": "handoff", "state": state, "code": THIN_CODE})
     os._exit(0)
@@ -5560,9 +5564,7 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
     # must not keep its "exit" from the runner.
     signal.pthread_sigmask(signal.SIG_BLOCK, list(EXIT_FOR_SIGNAL))
     code = code if isinstance(code, int) else (0 if code is None else 1)
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
+    flush_streams()
     for path in OWN_ENTRIES:  # the job ended here: its runner is about to exit
         unregister_runner(path)
     with contextlib.suppress(OSError):

@@ -41,16 +41,21 @@ def job_command(kind: str, running: float) -> list:
     return ["sleep", f"{running:g};", *kind.split()]
 
 
+def job_file(work: Path, request: dict, key: str, kind: str, running: float) -> Path:
+    """The run file of one benchmark job: `request` with its key and the command of its kind."""
+    run_file = work / f"{key}.yaml"
+    run_file.write_text(json.dumps(dict(request, startedBy=key, overrides={"containerOverrides": [
+        {"name": "app", "command": job_command(kind, running)}]})))
+    return run_file
+
+
 def batch(launcher, ecs, proxy, work: Path, request: dict, *, runner: str, size: int, poll: float,
           running: float, env: dict) -> dict:
     jobs, keys = [], []
     for index in range(size):
         kind = KINDS[index % len(KINDS)]
         key = f"bench-{runner[:5]}-{size}-{index}"
-        job_request = dict(request, startedBy=key, overrides={"containerOverrides": [
-            {"name": "app", "command": job_command(kind, running)}]})
-        run_file = work / f"{key}.yaml"
-        run_file.write_text(json.dumps(job_request))
+        run_file = job_file(work, request, key, kind, running)
         if runner == "ecsbatch":
             command = ecsbatch_command() + ["run", "-f", str(run_file), "--poll-interval", str(poll)]
             if kind == "timeout":

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from common import FAMILY, Launcher, percentile, prepare, release_install, runner_env
-from concurrency import EXPECTED, KINDS, job_command
+from concurrency import EXPECTED, KINDS, job_file
 from localecs import LocalEcs
 from localecs.proxy import FaultProxy
 
@@ -80,10 +80,7 @@ def batch(launcher, ecs, proxy, work: Path, request: dict, *, mode: str, size: i
     for index in range(size):
         kind = KINDS[index % len(KINDS)]
         key = f"bench-{mode}-{size}-{index}"
-        job_request = dict(request, startedBy=key, overrides={"containerOverrides": [
-            {"name": "app", "command": job_command(kind, running)}]})
-        run_file = work / f"{key}.yaml"
-        run_file.write_text(json.dumps(job_request))
+        run_file = job_file(work, request, key, kind, running)
         command = ecsbatch + ["run", "-q", "-f", str(run_file), "--poll-interval", str(poll)]
         if kind == "timeout":
             command += ["--timeout", f"{running / 2:g}s"]
