@@ -8,7 +8,7 @@ request files offline.
 The file is cut by subject, like bottle.py; inside each section pure functions come first and
 the ones that do I/O after them:
   1. the thin runner: the watcher's protocol, a `run` handed to the shared watcher before the
-     rest of this file loads, and the stdlib-only wait that a runner execs into;
+     rest of this file loads, and the stdlib-only wait that the runner goes on with;
   2. the contract: exit codes, constants, exception types;
   3. request files: reading, YAML loading, templating, validation, pinning;
   4. the verdict: judgment of a stopped task, summaries, failure context;
@@ -38,18 +38,17 @@ __version__ = "0.1.0"
 #
 # This section comes first because it runs before the rest of the file exists: a `run` hands
 # its arguments to the watcher from here (run_through_watcher, at the end of this section),
-# before click, PyYAML or botocore is imported. Once its task is launched, the runner execs
-# itself into the stdlib-only loop below (same pid: the scheduler's signals, the runner
-# registry and the exit status stay right), and at the end the watcher's warm launcher judges
-# and prints with the same code as a run without the watcher. If the watcher is gone or hangs,
+# before click, PyYAML or botocore is imported. Once its task is launched, the runner waits in
+# the stdlib-only loop below, in the same process (the rest of the file never loads), and at
+# the end the watcher's warm launcher judges and prints with the same code as a run without
+# the watcher. If the watcher is gone or hangs,
 # the runner re-adopts its task through a new watcher or, staggered and a few at a time, waits
 # by itself with the full ecsbatch. When the watcher cannot take the run, nothing was sent and
 # the run goes on below as it always has.
 #
-# So this section uses only the standard library, and at the top level only os, sys and time:
-# the thin runner runs it on its own under `python -I -S` (THIN_BOOTSTRAP, thin_code).
+# So this section uses only the standard library, and at the top level only os, sys and time.
 
-WATCHER_PROTOCOL = 1  # bump on any change to the messages; a mismatch falls back, never misjudges
+WATCHER_PROTOCOL = 2  # bump on any change to the messages; a mismatch falls back, never misjudges
 WATCHER_ENV = "ECSBATCH_WATCHER"  # "on" uses the watcher; unset or "off" runs as before
 WATCHER_IDLE_ENV = "ECSBATCH_WATCHER_IDLE"  # seconds a watcher with nothing to do lives on
 WATCHER_SOCKET_ENV = "ECSBATCH_WATCHER_SOCKET"  # a socket of systemd's, instead of one per context
@@ -78,25 +77,6 @@ CONTEXT_ENV_NAMES = ("HOME", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DI
 # Files whose identity is part of the context: a variable's value names one, else a path.
 CONTEXT_FILES = ("AWS_CONFIG_FILE", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials",
                  "AWS_WEB_IDENTITY_TOKEN_FILE", "BOTO_CONFIG", "/etc/boto.cfg", "~/.boto")
-# The thin runner runs this on the code that the watcher hands it in a memory file (thin_code:
-# this section, compiled once by the watcher and marshalled: compiling it here would cost two
-# megabytes), so that a release pruned under the job does not matter either. Builtin modules
-# only: a waiting runner stays near bare Python.
-THIN_BOOTSTRAP = ("import marshal, os, sys\n"
-                  "f, parts = int(sys.argv[2]), []\n"
-                  "while True:\n"
-                  "    part = os.read(f, 1 << 16)\n"
-                  "    if not part:\n"
-                  "        break\n"
-                  "    parts.append(part)\n"
-                  "os.close(f)\n"
-                  "g = {'__name__': 'ecsbatch_thin', '__file__': sys.argv[1]}\n"
-                  "exec('import errno, os, select, sys, time, _json, _signal, _socket', g)\n"
-                  "exec(marshal.loads(b''.join(parts)), g)\n"
-                  "del parts\n"
-                  "g['thin_main'](sys.argv[3:])\n")
-THIN_HEADING = "\n# 1. The thin runner:"
-THIN_END = "\n# --- the end of the thin runner"
 
 
 def peer_credentials(sock: Any) -> Tuple[int, int, int]:
@@ -253,7 +233,6 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
     """Connect to the watcher of this context, starting it when none listens. One runner starts
     it (a lock); the others wait for its socket. Returns the connection, or None."""
     import fcntl
-    import subprocess
 
     deadline = time.monotonic() + wait
     started = False
@@ -276,6 +255,8 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
             else:
                 try:
                     started = True
+                    import subprocess  # here only: with locale and re, 10 ms of every runner's start
+
                     try:
                         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL, close_fds=True, timeout=wait)
@@ -301,8 +282,8 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
 
 class ThinRunner:
     """The waiting half of `run` while a watcher does the AWS work: relays log and progress
-    lines, keeps the log tail, owns the deadline and the signals, and at the end execs into the
-    full ecsbatch (the same pid) with what happened, to be judged and printed as always."""
+    lines, keeps the log tail, owns the deadline and the signals, and at the end has the
+    watcher's child judge and print (or execs into the full ecsbatch, the same pid) as always."""
 
     def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
         self.state, self.file = state, ecsbatch_file
@@ -325,6 +306,7 @@ class ThinRunner:
         self.stop_asked = False
         self.stop_sent = False
         self.judge: Optional[int] = None  # the watcher's process that judges the end, once it said so
+        self.wake: List[int] = []  # the signals' wake-up pipe (install_signals)
 
     def forward(self, signum: int) -> None:
         try:
@@ -380,13 +362,27 @@ class ThinRunner:
         os.set_blocking(write_fd, False)
         os.set_blocking(read_fd, False)
         _signal.set_wakeup_fd(write_fd)
+        self.wake = [read_fd, write_fd]
         numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
         for signum in numbers:
             if signum == _signal.SIGHUP and _signal.getsignal(signum) == _signal.SIG_IGN:
                 continue  # nohup: whoever started the job asked it to outlive the session
             _signal.signal(signum, self.on_signal)
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, numbers)  # blocked by the exec that brought us here
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, numbers)  # blocked since the hand-off was read
         return read_fd
+
+    def close(self) -> None:
+        """Let go of the wake-up pipe and the system log, for the thin runner of a new task."""
+        import _signal
+
+        _signal.set_wakeup_fd(-1)
+        for fd in self.wake:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.syslog is not None:
+            self.syslog.close()
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
@@ -513,6 +509,7 @@ class ThinRunner:
 
             _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
             channel.sock.close()
+            self.close()
             become_thin_runner(ending, args=list(self.state["argv"]), script=self.state["script"],
                                context=self.state["context"], paths=self.state["paths"],
                                watcher_command=self.state["watcher_command"], pending=self.signals[:1])
@@ -605,17 +602,6 @@ def local_timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", now) + f"{sign}{offset // 3600:02d}:{offset % 3600 // 60:02d}"
 
 
-def thin_code(text: str, path: str) -> bytes:
-    """What the thin runner runs: this section up to its full part, compiled (line numbers as in
-    the file) and marshalled for this very interpreter."""
-    import __future__
-    import marshal
-
-    start = text.index(THIN_HEADING) + 1
-    source = "\n" * text.count("\n", 0, start) + text[start:text.index(THIN_END)]
-    return marshal.dumps(compile(source, path, "exec", __future__.annotations.compiler_flag, True))
-
-
 def take_fallback_slot(directory: str) -> Optional[int]:
     """One of FALLBACK_SLOTS flock'ed files, held (across exec) until this process exits."""
     import fcntl
@@ -646,16 +632,10 @@ def memory_file(name: str, data: bytes) -> int:
     return fd
 
 
-def exec_with_state(argv: List[str], state: Mapping[str, Any], extra: Optional[List[str]] = None) -> None:
-    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV, or by the
-    argument before `extra` when it is given (the thin runner)."""
+def exec_with_state(argv: List[str], state: Mapping[str, Any]) -> None:
+    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV."""
     fd = memory_file("ecsbatch-state", encode_message(state))
-    env = dict(os.environ)
-    if extra is not None:
-        argv = argv + [str(fd)] + extra
-        env.pop(RESUME_FD_ENV, None)
-    else:
-        env[RESUME_FD_ENV] = str(fd)
+    env = dict(os.environ, **{RESUME_FD_ENV: str(fd)})
     try:
         os.execve(argv[0], argv, env)
     except OSError as exc:
@@ -672,11 +652,6 @@ def read_state(fd: int) -> Dict[str, Any]:
         chunks.append(chunk)
     os.close(fd)
     return decode_message(b"".join(chunks).rstrip(b"\n"))
-
-
-def thin_main(argv: List[str]) -> None:
-    """`python -I -S -c THIN_BOOTSTRAP ecsbatch.py CODE_FD STATE_FD SCRIPT ARGS...`: the thin runner."""
-    ThinRunner(read_state(int(argv[0])), os.path.abspath(__file__)).run()
 
 
 # --- where runners and watchers meet ------------------------------------------------------------
@@ -949,7 +924,7 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
 
 def launch_outcome(channel: LineChannel) -> Optional[Dict[str, Any]]:
     """What the launch child said at the end of its part: "exit" (with a code of 0-255),
-    "handoff" (with the state and the thin runner's code), "decline", or None when it ended
+    "handoff" (with the thin runner's state), "decline", or None when it ended
     without a word or with words that make no sense (then a task may have been launched)."""
     while True:
         try:
@@ -963,8 +938,8 @@ def launch_outcome(channel: LineChannel) -> Optional[Dict[str, Any]]:
 
 
 def checked_ending(message: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """A launch child's last message as sent, the thin runner's code decoded; None when it makes
-    no sense (an exit code outside 0-255, a hand-off without a task or code)."""
+    """A launch child's last message as sent; None when it makes no sense (an exit code outside
+    0-255, a hand-off without a task)."""
     op = message.get("op")
     if op == "decline":
         return message
@@ -973,25 +948,19 @@ def checked_ending(message: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         return message if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255 else None
     if op == "handoff":
         state = message.get("state")
-        try:
-            code = decode_code(message["code"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        if not isinstance(state, dict) or not isinstance(state.get("task_arn"), str) or not code:
-            return None
-        return dict(message, code=code)
+        return message if isinstance(state, dict) and isinstance(state.get("task_arn"), str) else None
     return None
 
 
 def become_thin_runner(handoff: Dict[str, Any], *, args: List[str], script: str, context: str,
                        paths: Mapping[str, str], watcher_command: List[str], pending: List[int]) -> None:
-    """Exec (same pid, the signals already blocked) into the thin runner for the task that a launch
-    child handed over (checked_ending), with `pending` the signal that came meanwhile."""
+    """Wait (never returns) as the thin runner of the task that a launch child handed over
+    (checked_ending), the signals blocked until it listens, `pending` the signal that came
+    meanwhile. In this process, as it is: the rest of the file never loads, and a second Python
+    start (some 20 ms of CPU per job, which 100 jobs starting at once all wait for) is spared."""
     state = dict(handoff["state"], argv=args, script=script, context=context, paths=paths,
                  watcher_command=watcher_command, pending=pending)
-    code = memory_file("ecsbatch-thin", handoff["code"])
-    exec_with_state([sys.executable, "-I", "-S", "-c", THIN_BOOTSTRAP, ECSBATCH_FILE, str(code)], state,
-                    extra=[script] + args)
+    ThinRunner(state, ECSBATCH_FILE).run()
 
 
 def process_id(value: Any) -> Optional[int]:
@@ -1021,17 +990,6 @@ def resume_full(args: List[str], resume: Dict[str, Any]) -> None:
     a word, or a signal before anything was launched. Its main() prints the line."""
     exec_with_state([sys.executable, runner_script()] + list(args), resume)
 
-
-def encode_code(code: bytes) -> str:
-    import binascii
-
-    return binascii.b2a_base64(code, newline=False).decode("ascii")
-
-
-def decode_code(text: str) -> bytes:
-    import binascii
-
-    return binascii.a2b_base64(text)
 
 # --- the end of the thin runner ---------------------------------------------------------------
 
@@ -1883,6 +1841,13 @@ def definition_matches(request: Mapping[str, Any], registered: Mapping[str, Any]
     return wanted == have and wanted_tags == have_tags
 
 
+def names_one_revision(task_definition: str) -> bool:
+    """Does `task_definition` name one revision (family:N, or the ARN of one)? A revision never
+    changes once registered, unlike a bare family, which names the latest."""
+    return re.fullmatch(r"(arn:aws[a-z-]*:ecs:[^:]*:[0-9]*:task-definition/)?[A-Za-z0-9_-]{1,255}:[1-9][0-9]{0,9}",
+                        task_definition) is not None
+
+
 def pin_task_definition(text: str, value: str, source: str) -> str:
     """Set the top-level `taskDefinition` of a YAML file to `value`, keeping every other byte."""
     import yaml
@@ -2603,9 +2568,32 @@ def botocore_session() -> Any:
     return _botocore_session
 
 
+_ecs_model: List[Any] = []
+
+
 def ecs_service_model() -> Any:
-    """botocore's own ECS model, read from disk: no credentials, no network."""
-    return botocore_session().get_service_model("ecs")
+    """botocore's own ECS model, read from disk: no credentials, no network. One per process, so
+    that the shapes it resolves are resolved once (the watcher's launch children inherit them)."""
+    if not _ecs_model:
+        _ecs_model.append(botocore_session().get_service_model("ecs"))
+    return _ecs_model[0]
+
+
+def resolve_shapes(shape: Any, seen: Optional[set] = None) -> None:
+    """Resolve every member of `shape`, and of theirs: botocore does it lazily, once per shape
+    object, so that a model resolved before the watcher forks is resolved in every launch child."""
+    seen = set() if seen is None else seen
+    if shape is None or id(shape) in seen:
+        return
+    seen.add(id(shape))
+    if shape.type_name == "structure":
+        for member in shape.members.values():
+            resolve_shapes(member, seen)
+    elif shape.type_name == "list":
+        resolve_shapes(shape.member, seen)
+    elif shape.type_name == "map":
+        resolve_shapes(shape.key, seen)
+        resolve_shapes(shape.value, seen)
 
 
 _clients: Dict[Tuple[str, str], Any] = {}
@@ -4985,7 +4973,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     ecs = make_client("ecs", region, profile)
     if why:  # said once the run gets this far: a bad file or bad credentials say only their own line
         progress(f"{why}; this run waits by itself")
-    definition, _ = describe_task_definition(ecs, request["taskDefinition"])
+    definition = definition_to_launch(ecs, request["taskDefinition"])
     counted = counted_container_names(definition, container)
     target = container or counted[0]
     # Launch exactly the revision we judged, even if a new one is registered meanwhile.
@@ -5407,8 +5395,13 @@ def read_key(path: str, *, create: bool) -> Optional[bytes]:
 
 
 WATCHER_CHILD: Optional[Dict[str, Any]] = None  # set in a launch child: whom to hand the task to
+# The launcher's: revisions its launch children described (names_one_revision), which every later
+# child inherits at its fork instead of describing them again. A child tells the launcher of one
+# over DEFINITIONS_SINK. The launcher serves one credential context, so a name means one revision.
+KNOWN_DEFINITIONS: Dict[str, Dict[str, Any]] = {}
+KNOWN_DEFINITIONS_LIMIT = 64
+DEFINITIONS_SINK: Optional[Any] = None
 RESUME_STATE: Optional[Dict[str, Any]] = None  # set in a finishing child: the job to judge
-THIN_CODE: Optional[str] = None  # the watcher's: the thin runner's code (thin_code), for its runners
 
 
 def watcher_wanted(*, dry_run: bool, debug: bool) -> bool:
@@ -5439,7 +5432,7 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
     child waits as `run` always does, when there is no runner to give it to or a signal came
     first: that signal (then the task is stopped), else None."""
     child = WATCHER_CHILD
-    if child is None or guard.received is not None or THIN_CODE is None:
+    if child is None or guard.received is not None:
         return None
     task_arn, cluster, counted, definition = target.task["taskArn"], target.cluster, target.counted, target.definition
     deadline = None if timeout is None else watch.started + timeout
@@ -5474,8 +5467,40 @@ def hand_off_to_runner(watch: Watch, guard: SignalGuard, *, target: Target, time
         return None
     flush_streams()
     with contextlib.suppress(OSError):  # a runner killed meanwhile leaves its task running, as always
-        child["channel"].send({"op": "handoff", "state": state, "code": THIN_CODE})
+        child["channel"].send({"op": "handoff", "state": state})
     os._exit(0)
+
+
+def definition_to_launch(ecs: Any, name: str) -> Dict[str, Any]:
+    """Full: the task definition that `run` judges and launches. In a launch child, a revision
+    that an earlier child described comes from the launcher's memory (one DescribeTaskDefinition
+    a revision per watcher, not one a job); a new one is described and told to the launcher."""
+    if WATCHER_CHILD is not None and name in KNOWN_DEFINITIONS:
+        return KNOWN_DEFINITIONS[name]
+    definition, _ = describe_task_definition(ecs, name)
+    if WATCHER_CHILD is not None and DEFINITIONS_SINK is not None and names_one_revision(name):
+        with contextlib.suppress(OSError):  # full, or too big: the next child describes it again
+            DEFINITIONS_SINK.send(encode_message({"op": "definition", "name": name, "definition": definition}))
+    return definition
+
+
+def learn_definitions(source: Any) -> None:
+    """Full, in the launcher before each fork: take in the revisions that children described."""
+    while True:
+        try:
+            message = decode_message(source.recv(1 << 20).rstrip(b"\n"))
+        except InterruptedError:
+            continue
+        except OSError:  # nothing more to read now
+            return
+        except ValueError:
+            continue
+        name, definition = message.get("name"), message.get("definition")
+        if isinstance(name, str) and names_one_revision(name) and isinstance(definition, dict) \
+                and isinstance(definition.get("taskDefinitionArn"), str):
+            if len(KNOWN_DEFINITIONS) >= KNOWN_DEFINITIONS_LIMIT:
+                KNOWN_DEFINITIONS.clear()
+            KNOWN_DEFINITIONS[name] = definition
 
 
 def follow_runner(channel: LineChannel) -> None:
@@ -6164,6 +6189,10 @@ def zygote_loop(sock: Any, key: bytes) -> None:
                 pass
 
     signal.signal(signal.SIGCHLD, reap)
+    global DEFINITIONS_SINK
+    definitions, DEFINITIONS_SINK = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    definitions.setblocking(False)
+    DEFINITIONS_SINK.setblocking(False)
     # What is loaded now stays out of every child's garbage collections, which would otherwise
     # touch (and so copy) the pages of botocore's models in each child.
     import gc
@@ -6183,8 +6212,10 @@ def zygote_loop(sock: Any, key: bytes) -> None:
             for fd in fds:
                 os.close(fd)
             continue
+        learn_definitions(definitions)
         if os.fork() == 0:
             sock.close()
+            definitions.close()
             try:
                 launch_child(decode_message(data.rstrip(b"\n")), fds[0], fds[1:], key)
             finally:
@@ -6264,19 +6295,19 @@ def serve_watcher(*, detach: bool, idle: float, region: Optional[str], profile: 
 
 def prepare_watcher(region: Optional[str], profile: Optional[str]) -> None:
     """Load what every launch needs before the launcher forks, so that a launch child imports
-    and reads nothing: the thin runner's code, PyYAML, validation, botocore's models and the
-    clients (credentials resolved). Raises when the watcher could not work."""
-    global THIN_CODE
-    with open(ECSBATCH_FILE, encoding="utf-8") as source:  # read once: the release may be pruned later
-        THIN_CODE = encode_code(thin_code(source.read(), ECSBATCH_FILE))
+    and reads nothing: PyYAML, validation, botocore's models and the clients (credentials
+    resolved). Raises when the watcher could not work."""
     import difflib  # noqa: F401  (validation's suggestions)
     import encodings.idna  # noqa: F401  (host names in URLs)
 
     load_yaml("loaded: true", "the watcher's start")
-    ecs_service_model()
     botocore_session().get_component("endpoint_resolver")
     ecs, logs = make_client("ecs", region, profile), make_client("logs", region, profile)
     rehearse_stop(ecs, None, logs)  # and what stops and reports need: a release pruned later
+    for model in (ecs_service_model(), ecs.meta.service_model):  # validation's, and the client's
+        for operation in ("RunTask", "DescribeTaskDefinition", "DescribeTasks", "ListTasks", "StopTask"):
+            resolve_shapes(model.operation_model(operation).input_shape)
+            resolve_shapes(model.operation_model(operation).output_shape)
 
 
 def remove_socket(path: str, bound: Optional[int]) -> None:

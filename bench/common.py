@@ -54,8 +54,8 @@ def ecsbatch_command() -> list:
 
 
 def release_install(directory: Path) -> list:
-    """ecsbatch installed as the batch server has it (deploy/hooks: a venv, pip's console script,
-    ecsbatch.py in site-packages, compiled), not as this checkout's editable install, whose import
+    """ecsbatch installed as the batch server has it (deploy/hooks: a venv, the console script
+    that after-install.sh writes, ecsbatch.py in site-packages, compiled), not as this checkout's editable install, whose import
     hook costs every start some 25 ms. Its dependencies come from this environment through a .pth
     line (a path, no code). Returns the console script's command."""
     import compileall
@@ -69,12 +69,9 @@ def release_install(directory: Path) -> list:
     shutil.copy(REPO / "ecsbatch.py", purelib / "ecsbatch.py")
     compileall.compile_file(str(purelib / "ecsbatch.py"), quiet=1)
     (purelib / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    script = directory / "bin" / "ecsbatch"
+    script = directory / "bin" / "ecsbatch"  # as deploy/hooks/after-install.sh writes it
     script.write_text(f"#!{directory / 'bin' / 'python'}\n"
-                      "import re\nimport sys\nfrom ecsbatch import main\n"
-                      "if __name__ == '__main__':\n"
-                      "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
-                      "    sys.exit(main())\n")
+                      + (REPO / "deploy" / "hooks" / "console-script.py").read_text())
     script.chmod(0o755)
     return [str(script)]
 

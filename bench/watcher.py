@@ -2,8 +2,9 @@
 
 For each N (default 10, 50, 100) it starts N runners at once three times: today's mode
 (ECSBATCH_WATCHER=off, each runner polls by itself), the watcher's mode from cold (the first
-runner starts a fresh watcher, as after a quiet night) and warm (a watcher already listens, as
-on a server that runs jobs all day). The runners run ecsbatch installed as a release installs it
+runner starts a fresh watcher, as after a quiet night) and warm (a watcher already listens and
+has run one job, as on a server that runs jobs all day). The jobs name one revision, as the
+released run-task.yaml does. The runners run ecsbatch installed as a release installs it
 (common.release_install), not this checkout's editable install. Outcomes are mixed as in concurrency.py (a quarter each of exit 0,
 exit 3, failed to start and --timeout). The task definition logs to CloudWatch Logs, so that log
 reads are counted too. It reports, per mode:
@@ -41,15 +42,17 @@ MODES = ("today", "cold", "warm")
 
 
 def prepare_with_logs(ecs) -> dict:
+    """The RunTask request, naming one revision as the released run-task.yaml does (register --pin)."""
     request = prepare(ecs)
     logs = ecs.client("logs")
     logs.create_log_group(logGroupName=LOG_GROUP)
-    ecs.client("ecs").register_task_definition(
+    answer = ecs.client("ecs").register_task_definition(
         family=FAMILY, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
         containerDefinitions=[{"name": "app", "image": "batch:1", "memory": 256, "essential": True,
                                "logConfiguration": {"logDriver": "awslogs", "options": {
                                    "awslogs-group": LOG_GROUP, "awslogs-region": "ap-northeast-1",
                                    "awslogs-stream-prefix": "bench"}}}])
+    request["taskDefinition"] = f"{FAMILY}:{answer['taskDefinition']['revision']}"
     return request
 
 
@@ -63,14 +66,19 @@ def job_env(env: dict, mode: str, runtime: Path) -> dict:
                 ECSBATCH_WATCHER_IDLE="3")
 
 
-def start_watcher(ecsbatch: list, env: dict, runtime: Path) -> None:
-    """A watcher listening before the runners start (the warm mode)."""
+def start_watcher(ecsbatch: list, env: dict, runtime: Path, warm_up: Path = None) -> None:
+    """A watcher listening before the runners start (the warm mode). With `warm_up`, a run file,
+    it has also run that one job, as on a server that runs jobs all day: the revision that the
+    jobs name is known to it (one DescribeTaskDefinition a revision per watcher)."""
     subprocess.run(ecsbatch + ["watcher", "--detach"], env=env, check=True)
     deadline = time.monotonic() + 60
     while not glob.glob(str(runtime / "ecsbatch" / "w*.sock")):
         if time.monotonic() > deadline:
             raise SystemExit("the warm watcher did not start")
         time.sleep(0.05)
+    if warm_up is not None:
+        subprocess.run(ecsbatch + ["run", "-q", "-f", str(warm_up), "--poll-interval", "1"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def batch(launcher, ecs, proxy, work: Path, request: dict, *, mode: str, size: int, poll: float, running: float,
@@ -87,7 +95,8 @@ def batch(launcher, ecs, proxy, work: Path, request: dict, *, mode: str, size: i
         jobs.append({"command": command, "env": job_env(env, mode, runtime)})
         keys.append((key, kind))
     if mode == "warm":
-        start_watcher(ecsbatch, job_env(env, mode, runtime), runtime)
+        warm_up = job_file(work, request, f"bench-{mode}-{size}-warm-up", "exit 0", 1.0)
+        start_watcher(ecsbatch, job_env(env, mode, runtime), runtime, warm_up)
     marks = {op: len(proxy.entries(op)) for op in ("DescribeTasks", "GetLogEvents", "RunTask")}
     launcher.process.stdin.write(json.dumps({"jobs": jobs, "sample_at": sample_at,
                                              "extra_pid_files": str(runtime / "ecsbatch" / "w*.lock")}) + "\n")

@@ -236,6 +236,23 @@ def test_pin_task_definition_refuses(text):
         ecsbatch.pin_task_definition(text, "f:1", "run-task.yaml")
 
 
+@pytest.mark.parametrize("name, one", [
+    ("nightly:3", True),
+    ("nightly-sales_production:12", True),
+    ("arn:aws:ecs:ap-northeast-1:123456789012:task-definition/nightly:3", True),
+    ("arn:aws-cn:ecs:cn-north-1:123456789012:task-definition/nightly:3", True),
+    ("nightly", False),  # the latest revision: a register changes it
+    ("arn:aws:ecs:ap-northeast-1:123456789012:task-definition/nightly", False),
+    ("nightly:0", False),
+    ("nightly:latest", False),
+    ("nightly:3 ", False),
+    ("night/ly:3", False),
+    ("", False),
+])
+def test_names_one_revision(name, one):
+    assert ecsbatch.names_one_revision(name) is one
+
+
 FIELDS = ["family", "containerDefinitions", "cpu", "memory", "networkMode", "tags", "volumes"]
 REQUEST = {"family": "f", "cpu": "256", "containerDefinitions": [
     {"name": "app", "image": "i:1", "portMappings": [{"containerPort": 80}]}]}

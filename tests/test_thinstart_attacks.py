@@ -87,12 +87,11 @@ def test_a_watcher_slow_to_start_leaves_the_run_to_itself_without_a_traceback(wj
 SIGNAL_IN_HANDOFF = (
     "import os, signal, sys\n"
     "import ecsbatch\n"
-    "original = ecsbatch.memory_file\n"
-    "def memory_file(name, data):\n"
-    "    if name == 'ecsbatch-thin':  # after the state is built, before the signals are blocked\n"
-    "        os.kill(os.getpid(), signal.SIGTERM)\n"
-    "    return original(name, data)\n"
-    "ecsbatch.memory_file = memory_file\n"
+    "original = ecsbatch.ThinRunner.install_signals\n"
+    "def install_signals(self):  # the state is built; the thin wait does not listen yet\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    return original(self)\n"
+    "ecsbatch.ThinRunner.install_signals = install_signals\n"
     "ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None)\n"
     "print('returned', flush=True)\n"
 )
@@ -114,7 +113,7 @@ def test_a_signal_while_the_runner_turns_thin_stops_the_task(wjob):
 
 
 class GarbageWatcher(FakeWatcher):
-    """Speaks protocol 1 up to the launch, then answers what the test gives."""
+    """Speaks the protocol up to the launch, then answers what the test gives."""
 
     def __init__(self, launching: dict, after_go: list) -> None:
         self.launching, self.after_go = launching, after_go

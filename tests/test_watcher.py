@@ -43,9 +43,12 @@ def watcher_pids(runtime: Path):
 
 
 def is_thin(pid: int) -> bool:
-    """Is the runner `pid` the stdlib-only thin runner now (python -I -S -c ...)?"""
+    """Is the runner `pid` waiting thin now? The thin wait alone holds a pipe beyond the standard
+    streams: its signals' wake-up pipe (ThinRunner.install_signals), which an exec into the full
+    ecsbatch closes."""
     try:
-        return b"\0-I\0-S\0-c\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        fds = os.listdir(f"/proc/{pid}/fd")
+        return any(int(fd) > 2 and os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:") for fd in fds)
     except OSError:
         return False
 
@@ -475,8 +478,9 @@ def test_off_runs_as_before(job, tmp_path):
 def test_the_watcher_is_the_default_and_a_runner_never_loads_click_yaml_or_botocore(wjob):
     """With ECSBATCH_WATCHER unset, `ecsbatch run` (the console script, as Hinemos starts it) starts
     the watcher and hands itself over from the top of the file. PYTHONPROFILEIMPORTTIME makes the
-    runner write each of its imports to its stderr: click, PyYAML and botocore are never among them
-    (the launch and the verdict run in the watcher's children, which have them loaded)."""
+    runner write each of its imports to its stderr, from its start to its exit (it waits thin in
+    the same process): click, PyYAML and botocore are never among them (the launch and the verdict
+    run in the watcher's children, which have them loaded), nor json, typing or datetime."""
     env = dict(wjob.env, PYTHONPROFILEIMPORTTIME="1")
     env.pop("ECSBATCH_WATCHER")
     result = wjob.run(plan=Plan(running=0.5, exit_code=3), env=env)
@@ -484,7 +488,8 @@ def test_the_watcher_is_the_default_and_a_runner_never_loads_click_yaml_or_botoc
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "site" in imported
-    assert not {name for name in imported if name.split(".")[0] in ("click", "yaml", "botocore", "boto3")}, result.stderr
+    assert not {name for name in imported if name.split(".")[0] in ("click", "yaml", "botocore", "boto3", "json",
+                                                                      "typing", "datetime")}, result.stderr
     assert len(watcher_pids(wjob.runtime)) == 1
     assert "failed: container app exited 3" in result.stderr
 
@@ -671,15 +676,24 @@ def test_a_ticket_binds_the_task_the_runner_and_its_start(arn, pid, start):
     assert ecsbatch.task_ticket(key, "arn:task", 10, "5") != ecsbatch.task_ticket(key, arn, pid, start)
 
 
-def test_the_thin_runner_needs_only_the_standard_library():
-    """The section the thin runner compiles imports nothing at its top level but the stdlib."""
-    fd = ecsbatch.memory_file("thin", ecsbatch.thin_code(Path(ecsbatch.ECSBATCH_FILE).read_text(),
-                                                              ecsbatch.ECSBATCH_FILE))
-    done = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c",
-                           ecsbatch.THIN_BOOTSTRAP.replace("g['thin_main'](sys.argv[3:])", "print('loaded')"),
-                           ecsbatch.ECSBATCH_FILE, str(fd)], capture_output=True, text=True, pass_fds=[fd])
-    os.close(fd)
-    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert not {"click", "botocore", "yaml", "ecsbatch", "json", "re", "enum", "socket", "signal", "datetime",
-                "contextlib", "typing"} & imported
+def test_a_revision_is_described_once_per_watcher_and_a_bare_family_at_every_launch(wjob):
+    """The released run-task.yaml names one revision (family:N). The watcher's launcher keeps what
+    its first launch described, and later launches reuse it, since a revision never changes. A
+    bare family names the latest revision, which a register can change at any moment, so every
+    launch describes it again. Each run is judged by the definition it launched."""
+    def describes():
+        return [c for c in wjob.ecs.calls("DescribeTaskDefinition") if wjob.family in str(c["params"])]
+
+    revision = f"{wjob.family}:1"
+    for code in (3, 4):
+        result = wjob.run("--task-definition", revision, plan=Plan(running=0.3, exit_code=code))
+        assert result.code == code and f"container app exited {code}" in result.error_lines[-1], result
+    assert len(describes()) == 1
+    wjob.register([dict(APP, name="main")])  # revision 2: the latest, with another container
+    result = wjob.run(plan=Plan(running=0.3, exit_code=5))
+    assert result.code == 5 and "container main exited 5" in result.error_lines[-1], result
+    result = wjob.run("--task-definition", revision, plan=Plan(running=0.3, exit_code=6))
+    assert result.code == 6 and "container app exited 6" in result.error_lines[-1], result
+    assert len(describes()) == 2
+    assert [r["taskDefinition"].rsplit(":", 1)[-1] for r in wjob.run_requests()] == ["1", "1", "2", "1"]
+    assert len(watcher_pids(wjob.runtime)) == 1

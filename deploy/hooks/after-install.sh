@@ -44,6 +44,14 @@ pip=("$release/venv/bin/python" -m pip --disable-pip-version-check --no-cache-di
   -r "$release/requirements.txt"
 "${pip[@]}" install --quiet --no-index --no-deps "$release"/wheelhouse/ecsbatch-*.whl
 "${pip[@]}" check > /dev/null
+# ecsbatch's own console script in place of pip's (see console-script.py); a shebang cannot
+# hold a space, so a release path with one keeps pip's.
+script="$release/venv/bin/ecsbatch"
+if [[ "$release" != *[[:space:]]* ]]; then
+  { printf '#!%s\n' "$release/venv/bin/python"; cat "$hooks/console-script.py"; } > "$script.new"
+  chmod 755 "$script.new"
+  mv -f "$script.new" "$script"
+fi
 sed "s|^root=.*|root=$(printf '%q' "$root")|" "$release/start-ECS.sh" > "$release/start-ECS.sh.new"
 mv -f "$release/start-ECS.sh.new" "$release/start-ECS.sh"
 # Explicit modes, whatever the agent's umask and the archive's: readable by every user, and
