@@ -53,6 +53,7 @@ WATCHER_ENV = "ECSBATCH_WATCHER"  # "on" uses the watcher; unset or "off" runs a
 WATCHER_IDLE_ENV = "ECSBATCH_WATCHER_IDLE"  # seconds a watcher with nothing to do lives on
 WATCHER_SOCKET_ENV = "ECSBATCH_WATCHER_SOCKET"  # a socket of systemd's, instead of one per context
 RESUME_FD_ENV = "ECSBATCH_RESUME_FD"  # full ecsbatch: finish or adopt the job in this state
+THIN_FD_ENV = "ECSBATCH_THIN_FD"  # the thin runner, from the top of the file: wait on this task
 DEFAULT_WATCHER_IDLE = 120.0
 WATCHER_HEARTBEAT = 1.0  # the watcher says "alive" to every runner this often
 WATCHER_SILENCE_FLOOR = 5.0  # a runner gives up on a watcher silent for max(this, --poll-interval)
@@ -278,6 +279,15 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
 
 
 # --- the thin runner: stdlib only ---------------------------------------------------------------
+
+
+class HandedOver(BaseException):
+    """The judge of a task that failed to start launched again and handed the new task over: the
+    thin runner waits on that one (become_thin_runner), with the signal that came meanwhile."""
+
+    def __init__(self, handoff: Dict[str, Any], pending: List[int]) -> None:
+        super().__init__()
+        self.handoff, self.pending = handoff, pending
 
 
 class ThinRunner:
@@ -510,9 +520,7 @@ class ThinRunner:
             _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
             channel.sock.close()
             self.close()
-            become_thin_runner(ending, args=list(self.state["argv"]), script=self.state["script"],
-                               context=self.state["context"], paths=self.state["paths"],
-                               watcher_command=self.state["watcher_command"], pending=self.signals[:1])
+            raise HandedOver(ending, self.signals[:1])
         channel.sock.close()
         if self.judge and self.state.get("continuation"):  # it may have launched again: never a second judge
             self.exec_full({"mode": "lost"})
@@ -632,10 +640,10 @@ def memory_file(name: str, data: bytes) -> int:
     return fd
 
 
-def exec_with_state(argv: List[str], state: Mapping[str, Any]) -> None:
-    """Exec (same pid) with `state` in an inherited memory file named by RESUME_FD_ENV."""
+def exec_with_state(argv: List[str], state: Mapping[str, Any], fd_env: str = RESUME_FD_ENV) -> None:
+    """Exec (same pid) with `state` in an inherited memory file named by `fd_env`."""
     fd = memory_file("ecsbatch-state", encode_message(state))
-    env = dict(os.environ, **{RESUME_FD_ENV: str(fd)})
+    env = dict(os.environ, **{fd_env: str(fd)})
     try:
         os.execve(argv[0], argv, env)
     except OSError as exc:
@@ -808,7 +816,7 @@ def thin_start_wanted(argv: List[str], environ: Mapping[str, str]) -> bool:
     if len(argv) < 2 or argv[1] != "run" or os.path.basename(argv[0]) not in ("ecsbatch", "ecsbatch.py"):
         return False
     options = argv[2:argv.index("--")] if "--" in argv else argv[2:]
-    return (watcher_allowed(environ) and not environ.get(RESUME_FD_ENV)
+    return (watcher_allowed(environ) and not environ.get(RESUME_FD_ENV) and not environ.get(THIN_FD_ENV)
             and not any(arg.startswith(CONTEXT_OPTIONS) for arg in options))
 
 
@@ -822,8 +830,11 @@ def exit_for_signal(signum: int) -> int:
 THIN_START: Dict[str, Any] = {}
 
 
-def run_through_watcher(args: List[str], *, region: Optional[str], profile: Optional[str]) -> Optional[str]:
-    """Have the shared watcher launch this `run`, then become the thin runner (never returns).
+def run_through_watcher(args: List[str], *, region: Optional[str], profile: Optional[str],
+                        in_place: bool) -> Optional[str]:
+    """Have the shared watcher launch this `run`, then become the thin runner (never returns): in
+    this process when `in_place` (the top of the file, where nothing else is loaded), else by an
+    exec (a full `run`, which has click and more in memory).
 
     `args` are the command line as given; the watcher's launch child parses them with the same
     click parser as always, and declines (before any AWS call) when their --region, --profile or
@@ -917,9 +928,8 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
     if message["op"] == "exit":
         os._exit(message["code"])
     sock.close()
-    # `ps` shows the job's own command line after the state's fd; the end runs the same script.
     become_thin_runner(message, args=args, script=runner_script(), context=context, paths=paths,
-                       watcher_command=watcher_command(region, profile), pending=received[:1])
+                       watcher_command=watcher_command(region, profile), pending=received[:1], in_place=in_place)
 
 
 def launch_outcome(channel: LineChannel) -> Optional[Dict[str, Any]]:
@@ -953,14 +963,36 @@ def checked_ending(message: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def become_thin_runner(handoff: Dict[str, Any], *, args: List[str], script: str, context: str,
-                       paths: Mapping[str, str], watcher_command: List[str], pending: List[int]) -> None:
+                       paths: Mapping[str, str], watcher_command: List[str], pending: List[int],
+                       in_place: bool) -> None:
     """Wait (never returns) as the thin runner of the task that a launch child handed over
     (checked_ending), the signals blocked until it listens, `pending` the signal that came
-    meanwhile. In this process, as it is: the rest of the file never loads, and a second Python
-    start (some 20 ms of CPU per job, which 100 jobs starting at once all wait for) is spared."""
-    state = dict(handoff["state"], argv=args, script=script, context=context, paths=paths,
-                 watcher_command=watcher_command, pending=pending)
-    ThinRunner(state, ECSBATCH_FILE).run()
+    meanwhile, and then on each task that a judge launches again (HandedOver).
+
+    `in_place` at the top of the file: the rest of the file never loads, and a second Python start
+    (some 20 ms of CPU per job, which 100 jobs starting at once all wait for) is spared. Else an
+    exec of the same script (the same pid) waits, with nothing of the full ecsbatch in memory."""
+    shared = dict(argv=args, script=script, context=context, paths=paths, watcher_command=watcher_command)
+    if not in_place:
+        exec_with_state([sys.executable, script] + list(args), dict(shared, handoff=handoff, pending=pending),
+                        fd_env=THIN_FD_ENV)
+    while True:
+        runner = ThinRunner(dict(handoff["state"], pending=pending, **shared), ECSBATCH_FILE)
+        try:
+            runner.run()
+        except HandedOver as again:
+            handoff, pending = again.handoff, again.pending
+        except Exception:  # a last word: the full ecsbatch takes the task over (a judge's, if one may be at work)
+            runner.exec_full({"mode": "lost"} if runner.judge and runner.state.get("continuation")
+                             else {"mode": "adopt"})
+
+
+def resume_thin() -> None:
+    """The thin runner after become_thin_runner's exec, at the top of the file (never returns)."""
+    state = read_state(int(os.environ.pop(THIN_FD_ENV)))
+    become_thin_runner(state["handoff"], args=state["argv"], script=state["script"], context=state["context"],
+                       paths=state["paths"], watcher_command=state["watcher_command"], pending=state["pending"],
+                       in_place=True)
 
 
 def process_id(value: Any) -> Optional[int]:
@@ -993,9 +1025,16 @@ def resume_full(args: List[str], resume: Dict[str, Any]) -> None:
 
 # --- the end of the thin runner ---------------------------------------------------------------
 
+if __name__ in ("ecsbatch", "__main__") and os.environ.get(THIN_FD_ENV):
+    try:
+        resume_thin()
+    except Exception as _exc:  # the state did not come through: say so, and what may be running
+        os.write(2, f"ecsbatch: error: the thin runner got no state from its exec ({type(_exc).__name__}); "
+                    "a task may have been launched: see `ecsbatch status`\n".encode())
+        os._exit(125)
 if __name__ in ("ecsbatch", "__main__") and thin_start_wanted(sys.argv, os.environ):
     try:
-        THIN_START["why"] = run_through_watcher(sys.argv[1:], region=None, profile=None)
+        THIN_START["why"] = run_through_watcher(sys.argv[1:], region=None, profile=None, in_place=True)
     except Exception as _exc:  # a last word: before "go" the run goes on by itself, after it never
         if THIN_START.get("go"):
             resume_full(sys.argv[1:], {"mode": "lost"})
@@ -4954,7 +4993,7 @@ def run(path: str, variables: Tuple[str, ...], cluster: Optional[str], task_defi
     started_by = chosen_started_by(started_by, job_key)
     why = THIN_START.pop("why", None)  # the thin start's, at the top of the file
     if watcher_wanted(dry_run=dry_run, debug=debug):  # returns only if the watcher cannot launch it
-        why = run_through_watcher(list(COMMAND_ARGS), region=region, profile=profile) or why
+        why = run_through_watcher(list(COMMAND_ARGS), region=region, profile=profile, in_place=False) or why
     request = load_request(path, template_variables(variables))
     for key, value in (("cluster", cluster), ("taskDefinition", task_definition), ("startedBy", started_by)):
         if value is not None:
@@ -5552,7 +5591,6 @@ def launch_child(message: Dict[str, Any], conn_fd: int, fds: List[int], key: byt
             channel.send({"op": "launching", "pid": os.getpid()})
         except OSError:
             os._exit(0)
-        follow_runner(channel)
     else:
         try:
             channel.send({"op": "launching", "pid": os.getpid()})

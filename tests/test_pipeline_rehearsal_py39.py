@@ -13,9 +13,12 @@ import stat
 import subprocess
 from pathlib import Path
 
+import tempfile
+
 import pytest
 import yaml
 
+from conftest import REPO
 from pipeline_support import REPOSITORY, TAG, Build, Server, ensure_job_user, find_python, server_root, \
     world_readable_python
 
@@ -44,12 +47,13 @@ def machine():
 
 
 @pytest.fixture
-def server(machine, tmp_path):
+def server(machine):
     servers = []
 
     def make(umask: int = 0o022, python=None) -> Server:
-        root = Path(os.path.join(machine["root"], f"server-{tmp_path.name}-{len(servers)}"))
-        root.mkdir(mode=0o755)
+        # short: the release's shebang must fit in 127 bytes for ecsbatch's own console script
+        root = Path(tempfile.mkdtemp(prefix="s", dir=machine["root"]))
+        root.chmod(0o755)
         made = Server(root, python or machine["python"], umask=umask, job_user=machine["user"])
         if machine["user"]:
             made.configure("nightly", ECSBATCH_JOB_USER=machine["user"])
@@ -108,6 +112,15 @@ def test_it_installs_offline_under_umask_077_and_the_job_runs_as_another_user(bu
     version = subprocess.run([str(home / "current/venv/bin/python"), "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True, env={"LD_LIBRARY_PATH": batch.library_path})
     assert version.stdout.strip() == "(3, 9)"
+    # ecsbatch's own console script, not pip's, which imports re at every job's start; where a
+    # shebang cannot name the venv's python (over 127 bytes, as under this test's deep root), pip's
+    # /bin/sh wrapper stays, and the job above ran through it
+    script = (release / "venv/bin/ecsbatch").read_text()
+    shebang = f"#!{release}/venv/bin/python"
+    if len(shebang) <= 127:
+        assert script == shebang + "\n" + (REPO / "deploy/hooks/console-script.py").read_text()
+    else:
+        assert script.startswith("#!/bin/sh\n"), script[:300]
 
 
 def test_the_cutover_keeps_start_ecs_sh_working_through_the_first_deploy(build, ecs, server, tmp_path):

@@ -5,11 +5,18 @@ hash does not see, and the contract's exit codes through it. Real processes thro
 from __future__ import annotations
 
 import glob
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import pytest
+
+import ecsbatch
 
 from conftest import FAST_POLL, Plan, ecsbatch_command, run_cli
 from localecs.proxy import FaultProxy
@@ -51,7 +58,7 @@ FLUSHABLE_NONE_STDOUT = (
     "import io, sys\n"
     "sys.stdout = io.StringIO()  # only past the flush of a None sys.stdout; fd 1 stays closed\n"
     "import ecsbatch\n"
-    "ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None)\n"
+    "ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None, in_place=True)\n"
 )
 
 
@@ -84,25 +91,33 @@ def test_a_watcher_slow_to_start_leaves_the_run_to_itself_without_a_traceback(wj
 
 # --- signals in the hand-off -----------------------------------------------------------------
 
-SIGNAL_IN_HANDOFF = (
-    "import os, signal, sys\n"
-    "import ecsbatch\n"
-    "original = ecsbatch.ThinRunner.install_signals\n"
-    "def install_signals(self):  # the state is built; the thin wait does not listen yet\n"
-    "    os.kill(os.getpid(), signal.SIGTERM)\n"
-    "    return original(self)\n"
-    "ecsbatch.ThinRunner.install_signals = install_signals\n"
-    "ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None)\n"
-    "print('returned', flush=True)\n"
-)
+SIGNAL_IN_HANDOFF = {
+    # in place: the state is built, the thin wait does not listen yet
+    True: ("original = ecsbatch.ThinRunner.install_signals\n"
+           "def install_signals(self):\n"
+           "    os.kill(os.getpid(), signal.SIGTERM)\n"
+           "    return original(self)\n"
+           "ecsbatch.ThinRunner.install_signals = install_signals\n"),
+    # by an exec (a full run): just before the exec into the thin runner
+    False: ("original = ecsbatch.exec_with_state\n"
+            "def exec_with_state(argv, state, fd_env=ecsbatch.RESUME_FD_ENV):\n"
+            "    if fd_env == ecsbatch.THIN_FD_ENV:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return original(argv, state, fd_env)\n"
+            "ecsbatch.exec_with_state = exec_with_state\n"),
+}
 
 
-def test_a_signal_while_the_runner_turns_thin_stops_the_task(wjob):
-    """SIGTERM (Hinemos's stop) lands after the "handoff" came, while run_through_watcher builds the
-    thin runner's state: the signals are blocked as soon as the hand-off is read, so it waits for
-    the thin runner, which stops the task, and the job exits 143."""
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_signal_while_the_runner_turns_thin_stops_the_task(wjob, in_place):
+    """SIGTERM (Hinemos's stop) lands after the "handoff" came, while the runner turns into the thin
+    runner, in place or by an exec: the signals are blocked as soon as the hand-off is read, so it
+    waits for the thin runner, which stops the task, and the job exits 143."""
     wjob.ecs.plans.append(Plan(running=6.0, exit_code=0))
-    done = subprocess.run([sys.executable, "-c", SIGNAL_IN_HANDOFF, "run", "-f", str(wjob.run_file)] + FAST_POLL,
+    code = ("import os, signal, sys\nimport ecsbatch\n" + SIGNAL_IN_HANDOFF[in_place]
+            + f"ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None, in_place={in_place})\n"
+            "print('returned', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code, "run", "-f", str(wjob.run_file)] + FAST_POLL,
                           env=wjob.env, capture_output=True, text=True, timeout=90, cwd=str(ecsbatch_dir()))
     task = wjob.only_task()
     assert done.returncode == 143, (done.returncode, done.stderr[-2000:])
@@ -250,3 +265,86 @@ def test_stop_by_job_key_while_the_launch_child_waits_for_running(wjob):
     assert result.code == 143, result
     assert wjob.only_task().last_status == "STOPPED"
     assert not glob.glob(str(wjob.runtime / "ecsbatch" / "*.json"))
+
+
+# --- a task that fails to start again and again --------------------------------------------------
+
+
+class RelaunchingWatcher:
+    """A watcher on ECSBATCH_WATCHER_SOCKET whose every task fails to start at once: each wait
+    ends ("final"), and the judge of each end launches again and hands the new task over, `times`
+    times, then ends the job with `code`. Every connection of the runner is served."""
+
+    STATE = {"task_arn": "arn:aws:ecs:ap-northeast-1:123456789012:task/batch/0123456789abcdef",
+             "cluster": "batch", "definition": {}, "counted": ["app"], "timeout": None, "timeout_text": "",
+             "poll_interval": 10.0, "logs": False, "as_json": False, "region": None, "profile": None,
+             "missing_grace": 0.0, "started": 0.0, "deadline": None, "last_task": None, "log_source": None,
+             "where": None, "attempts": None, "ticket": "t:t", "encodings": ["utf-8", "utf-8"], "tail_lines": 50,
+             "registry": [], "runner": {"pid": 0, "start": None}, "continuation": {"launch": "again"},
+             "exit_for_signal": {"1": 129, "2": 130, "3": 131, "15": 143}, "stop_command": "ecsbatch stop x",
+             "output": {"quiet": True, "limit": 1024, "stderr_used": 0}, "syslog": None, "syslog_limit": 2048,
+             "silenced": {}}
+
+    def __init__(self, times: int, code: int) -> None:
+        self.times, self.code, self.finishes = times, code, 0
+        self.directory = tempfile.mkdtemp(prefix="er", dir="/tmp")
+        self.path = os.path.join(self.directory, "w.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(16)
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn) -> None:
+        channel = ecsbatch.LineChannel(conn)
+        answers = {"hello": {"op": "hello", "release": ecsbatch.__version__},
+                   "launch": {"op": "launching", "pid": os.getpid()},
+                   "go": {"op": "handoff", "state": self.STATE},
+                   "watch": {"op": "watching"}}
+        try:
+            while True:
+                message = channel.receive(30)
+                if message is None:
+                    return
+                op = message["op"]
+                if op in answers:
+                    channel.send(answers[op])
+                if op == "watch":
+                    channel.send({"op": "final", "how": "stopped", "task": {}})
+                elif op == "finish":
+                    self.finishes += 1
+                    channel.send({"op": "launching", "pid": os.getpid()})
+                    channel.send({"op": "exit", "code": self.code} if self.finishes > self.times
+                                 else {"op": "handoff", "state": self.STATE})
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("extra", [[], ["--region", "ap-northeast-1"]])
+def test_a_task_launched_again_hundreds_of_times_is_waited_on_to_the_end(wjob, extra):
+    """A long --launch-timeout and capacity that never comes: the judge of each failure to start
+    launches again and hands the new task to the same runner, 400 times. The runner waits on each
+    in turn, in place (the thin start) or in the thin runner that a full run execs, without its
+    stack growing, and exits with the code of the end."""
+    fake = RelaunchingWatcher(times=400, code=7)
+    try:
+        done = subprocess.run(ecsbatch_command() + ["run", "-q", "-f", str(wjob.run_file)] + extra,
+                              env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=fake.path), capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        fake.close()
+    assert (done.returncode, fake.finishes) == (7, 401), (done.returncode, fake.finishes, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr

@@ -510,7 +510,7 @@ def test_a_launch_child_declines_a_run_of_another_context_and_launches_nothing(w
     runner goes on by itself (here: the function returns)."""
     region = "us-west-2"
     code = ("import ecsbatch, sys\n"
-            "print('returned', ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None), flush=True)\n")
+            "print('returned', ecsbatch.run_through_watcher(sys.argv[1:], region=None, profile=None, in_place=True), flush=True)\n")
     done = subprocess.run([sys.executable, "-c", code, "run", "-f", str(wjob.run_file), "--region", region]
                           + FAST_POLL, env=wjob.env, capture_output=True, text=True, timeout=60, cwd=str(ecsbatch_dir()))
     assert done.returncode == 0, done
