@@ -307,3 +307,9 @@ def test_run_request_problems(request_, problems):
 ])
 def test_request_kind(request_, kind):
     assert ecsbatch.request_kind(request_) == kind
+
+
+@pytest.mark.parametrize("signum", sorted(ecsbatch.EXIT_FOR_SIGNAL))
+def test_the_thin_runner_exits_for_a_signal_as_the_contract_says(signum):
+    """Section 1 cannot import section 2's table, so it computes 128+N: the two must agree."""
+    assert ecsbatch.exit_for_signal(signum) == ecsbatch.EXIT_FOR_SIGNAL[signum]
