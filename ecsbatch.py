@@ -316,6 +316,7 @@ class ThinRunner:
         self.stop_asked = False
         self.stop_sent = False
         self.judge: Optional[int] = None  # the watcher's process that judges the end, once it said so
+        self.finish_asked = False
         self.wake: List[int] = []  # the signals' wake-up pipe (install_signals)
 
     def forward(self, signum: int) -> None:
@@ -496,6 +497,7 @@ class ThinRunner:
         cannot, the full ecsbatch does it here."""
         resume = self.resume_state({"mode": "final", "final": final})
         answer: Optional[Dict[str, Any]] = None
+        self.finish_asked = True  # from now on a judge may be at work, known to us or not
         try:
             channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
             while True:
@@ -977,19 +979,48 @@ def become_thin_runner(handoff: Dict[str, Any], *, args: List[str], script: str,
         exec_with_state([sys.executable, script] + list(args), dict(shared, handoff=handoff, pending=pending),
                         fd_env=THIN_FD_ENV)
     while True:
-        runner = ThinRunner(dict(handoff["state"], pending=pending, **shared), ECSBATCH_FILE)
+        runner: Optional[ThinRunner] = None
         try:
+            runner = ThinRunner(dict(handoff["state"], pending=pending, **shared), ECSBATCH_FILE)
             runner.run()
         except HandedOver as again:
             handoff, pending = again.handoff, again.pending
-        except Exception:  # a last word: the full ecsbatch takes the task over (a judge's, if one may be at work)
-            runner.exec_full({"mode": "lost"} if runner.judge and runner.state.get("continuation")
+        except Exception:  # the full ecsbatch takes the task over, unless a judge may be launching again
+            thin_last_word(runner, handoff["state"])
+
+
+def thin_last_word(runner: Optional[ThinRunner], state: Mapping[str, Any]) -> None:
+    """After an error in the thin wait: the full ecsbatch adopts the task ("lost" once a judge may
+    be at work, which could launch again); if even that fails, one line and 125 (never returns)."""
+    try:
+        if runner is not None:
+            runner.exec_full({"mode": "lost"} if runner.finish_asked and runner.state.get("continuation")
                              else {"mode": "adopt"})
+    except Exception:
+        pass
+    arn = str(state.get("task_arn") or "")
+    os.write(2, f"ecsbatch: error: the wait on task {arn.rsplit('/', 1)[-1]} failed, and it may still be running: "
+                f"stop it with: {state.get('stop_command')}\n".encode("utf-8", "replace"))
+    os._exit(125)
 
 
-def resume_thin() -> None:
+def thin_state_fd(argv: List[str], environ: Mapping[str, str]) -> Optional[int]:
+    """The fd of the state that become_thin_runner's exec left (THIN_FD_ENV): only for `run`, and
+    only a memory file of ours; anything else, say the variable copied into another environment,
+    is ignored."""
+    text = environ.get(THIN_FD_ENV, "")
+    if len(argv) < 2 or argv[1] != "run" or not text.isdigit():
+        return None
+    try:
+        return int(text) if os.readlink(f"/proc/self/fd/{text}").startswith("/memfd:ecsbatch-state") else None
+    except OSError:
+        return None
+
+
+def resume_thin(fd: int) -> None:
     """The thin runner after become_thin_runner's exec, at the top of the file (never returns)."""
-    state = read_state(int(os.environ.pop(THIN_FD_ENV)))
+    standard_fds()  # first: a stream closed at start must not become the wake-up pipe or the socket
+    state = read_state(fd)
     become_thin_runner(state["handoff"], args=state["argv"], script=state["script"], context=state["context"],
                        paths=state["paths"], watcher_command=state["watcher_command"], pending=state["pending"],
                        in_place=True)
@@ -1025,13 +1056,16 @@ def resume_full(args: List[str], resume: Dict[str, Any]) -> None:
 
 # --- the end of the thin runner ---------------------------------------------------------------
 
-if __name__ in ("ecsbatch", "__main__") and os.environ.get(THIN_FD_ENV):
-    try:
-        resume_thin()
-    except Exception as _exc:  # the state did not come through: say so, and what may be running
-        os.write(2, f"ecsbatch: error: the thin runner got no state from its exec ({type(_exc).__name__}); "
-                    "a task may have been launched: see `ecsbatch status`\n".encode())
-        os._exit(125)
+if __name__ in ("ecsbatch", "__main__") and THIN_FD_ENV in os.environ:
+    _fd = thin_state_fd(sys.argv, os.environ)
+    os.environ.pop(THIN_FD_ENV)
+    if _fd is not None:
+        try:
+            resume_thin(_fd)
+        except Exception as _exc:  # the state did not come through: say so, and what may be running
+            os.write(2, f"ecsbatch: error: the thin runner got no state from its exec ({type(_exc).__name__}); "
+                        "a task may have been launched: see `ecsbatch status`\n".encode())
+            os._exit(125)
 if __name__ in ("ecsbatch", "__main__") and thin_start_wanted(sys.argv, os.environ):
     try:
         THIN_START["why"] = run_through_watcher(sys.argv[1:], region=None, profile=None, in_place=True)

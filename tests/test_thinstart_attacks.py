@@ -18,9 +18,10 @@ import pytest
 
 import ecsbatch
 
-from conftest import FAST_POLL, Plan, ecsbatch_command, run_cli
+from conftest import FAST_POLL, SIDECAR, Plan, ecsbatch_command, run_cli
+from hinemos import put_log_lines
 from localecs.proxy import FaultProxy
-from test_watcher import FakeWatcher, ecsbatch_dir, wait_until, wjob  # noqa: F401
+from test_watcher import AWSLOGS_APP, FakeWatcher, ecsbatch_dir, logs, wait_until, wjob  # noqa: F401
 
 
 def run_closed(job, *args, close: str, env=None, timeout: float = 90):
@@ -348,3 +349,29 @@ def test_a_task_launched_again_hundreds_of_times_is_waited_on_to_the_end(wjob, e
         fake.close()
     assert (done.returncode, fake.finishes) == (7, 401), (done.returncode, fake.finishes, done.stderr[-2000:])
     assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr
+
+
+def test_a_full_run_with_every_stream_closed_keeps_its_log_out_of_the_watchers_socket(wjob, logs):
+    """`run --region R --json <&- >&- 2>&-`: the full run execs into the thin wait, whose wake-up
+    pipe and watcher socket would take the free fds 0-2. A log line that reads like a protocol
+    message ("stop") would then reach the watcher as the runner's own and stop a healthy task.
+    The thin wait puts /dev/null on them first: the job exits with the container's 0."""
+    wjob.register([AWSLOGS_APP, SIDECAR])
+    wjob.ecs.plans.append(Plan(running=4.0, exit_code=0))
+    region = wjob.env.get("AWS_REGION") or wjob.env["AWS_DEFAULT_REGION"]
+    command = ecsbatch_command() + ["run", "-f", str(wjob.run_file), "--region", region, "--json"] + FAST_POLL
+    process = subprocess.Popen(["bash", "-c", 'exec "$@" <&- >&- 2>&-', "bash"] + command, env=wjob.env)
+    task = wait_until(wjob.tasks)[0]
+    put_log_lines(logs, f"batch/app/{task.id}", ['{"v": 2, "op": "stop", "signal": 15}'] * 3)
+    assert process.wait(timeout=90) == 0
+    assert not (task.stopped_reason or "").startswith("ecsbatch"), task.stopped_reason
+
+
+@pytest.mark.parametrize("value", ["0", "3", "99", "not-a-number"])
+def test_a_thin_state_variable_in_the_environment_is_ignored(wjob, value):
+    """ECSBATCH_THIN_FD copied into a job's environment (from /proc/PID/environ, say) names no
+    state of ours: every command goes on as without it, and stdin is never read."""
+    env = dict(wjob.env, ECSBATCH_THIN_FD=value)
+    assert run_cli(["--version"], env).code == 0
+    result = wjob.run(plan=Plan(running=0.3, exit_code=3), env=env)
+    assert result.code == 3 and "Traceback" not in result.stderr, result

@@ -46,9 +46,9 @@ pip=("$release/venv/bin/python" -m pip --disable-pip-version-check --no-cache-di
 "${pip[@]}" check > /dev/null
 # ecsbatch's own console script in place of pip's (see console-script.py). Where a shebang
 # cannot name the venv's python (a space, a relative path, over the 127 bytes that older
-# kernels read), pip wrote a /bin/sh wrapper instead: that one stays.
+# kernels read: bytes, whatever the locale), pip wrote a /bin/sh wrapper instead: that one stays.
 script="$release/venv/bin/ecsbatch"
-if [[ "$release" == /* && "$release" != *[[:space:]]* ]] && (( ${#release} + 18 <= 127 )); then
+if [[ "$release" == /* && "$release" != *[[:space:]]* ]] && (( $(printf %s "$release" | wc -c) + 18 <= 127 )); then
   { printf '#!%s\n' "$release/venv/bin/python"; cat "$hooks/console-script.py"; } > "$script.new"
   chmod 755 "$script.new"
   mv -f "$script.new" "$script"
