@@ -163,7 +163,8 @@ class LineChannel:
             rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
             sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
             data = data[sent:]
-        self.sock.sendall(data)
+        if data:  # an empty send to a peer gone meanwhile fails, though the message went whole
+            self.sock.sendall(data)
 
     def receive(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
         """The next message; None at EOF. Raises TimeoutError (socket.timeout) when none came in time,
@@ -500,6 +501,9 @@ class ThinRunner:
         self.finish_asked = True  # from now on a judge may be at work, known to us or not
         try:
             channel.send({"op": "finish", "context": self.state["context"], "resume": resume}, fds=[0, 1, 2])
+        except OSError:
+            pass  # it may have gone whole all the same: a judge that took it has answered, and is read below
+        try:
             while True:
                 # Once the judge is known it may wait out a backoff and launch again: no time limit.
                 answer = channel.receive(None if self.judge else WATCHER_ANSWER_SECONDS * 4)

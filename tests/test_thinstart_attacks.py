@@ -375,3 +375,54 @@ def test_a_thin_state_variable_in_the_environment_is_ignored(wjob, value):
     assert run_cli(["--version"], env).code == 0
     result = wjob.run(plan=Plan(running=0.3, exit_code=3), env=env)
     assert result.code == 3 and "Traceback" not in result.stderr, result
+
+
+class JudgeBeforeTheFinishIsSent(RelaunchingWatcher):
+    """A watcher whose judge answers, and is gone, before the runner's "finish" has all gone out:
+    the finish carries a big task definition, and at its first bytes the judge says "launching"
+    and "exit 7" and closes the connection."""
+
+    STATE = dict(RelaunchingWatcher.STATE, definition={"padding": "x" * (2 << 20)})
+
+    def serve(self, conn) -> None:
+        channel = ecsbatch.LineChannel(conn)
+        try:
+            while True:
+                message = channel.receive(30)
+                if message is None:
+                    return
+                op = message["op"]
+                if op == "hello":
+                    channel.send({"op": "hello", "release": ecsbatch.__version__})
+                elif op == "launch":
+                    channel.send({"op": "launching", "pid": os.getpid()})
+                elif op == "go":
+                    channel.send({"op": "handoff", "state": self.STATE})
+                elif op == "watch":
+                    channel.send({"op": "watching"})
+                    channel.send({"op": "final", "how": "stopped", "task": {}})
+                    while b'"finish"' not in channel.buffer:
+                        channel.buffer += conn.recv(65536)
+                    self.finishes += 1
+                    channel.send({"op": "launching", "pid": os.getpid()})
+                    channel.send({"op": "exit", "code": self.code})
+                    return
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+
+def test_a_judge_that_answered_before_the_finish_went_out_is_the_only_judge(wjob):
+    """Under load the judge can judge, print, say "exit" and be gone while the runner is still
+    sending its "finish": the send then fails (EPIPE). The runner still reads the judge's answer
+    and exits with its code; it never judges and prints the job a second time."""
+    fake = JudgeBeforeTheFinishIsSent(times=0, code=7)
+    try:
+        done = subprocess.run(ecsbatch_command() + ["run", "-f", str(wjob.run_file), "--json"],
+                              env=dict(wjob.env, ECSBATCH_WATCHER_SOCKET=fake.path), capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        fake.close()
+    assert (done.returncode, fake.finishes) == (7, 1), (done.returncode, done.stderr[-2000:])
+    assert done.stdout == "", done.stdout[:500]  # the judge prints; the runner never does
