@@ -4212,6 +4212,8 @@ def run_attempts(ecs: Any, guard: SignalGuard, request: Mapping[str, Any], polic
             decision = after_attempt(outcome.kind, outcome.task, counted, reruns_done=log.reruns,
                                      reruns_allowed=policy.reruns)
             if guard.received is not None or (job_deadline is not None and policy.clock() >= job_deadline):
+                if decision.action == ATTEMPT_RETRY and guard.received is None:  # say why none follows
+                    outcome = outcome._replace(message=f"{outcome.message}; --timeout {timeout_text} expired")
                 decision = AttemptDecision(ATTEMPT_DONE, decision.why)  # a signal or --timeout: no more attempts
             if decision.action == ATTEMPT_RETRY:
                 progress(outcome.message)
