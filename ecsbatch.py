@@ -282,6 +282,19 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
 # --- the thin runner: stdlib only ---------------------------------------------------------------
 
 
+def thin_signal_numbers() -> List[int]:
+    """The numbers of THIN_SIGNALS (_signal: the signal module imports enum, half a megabyte)."""
+    import _signal
+
+    return [getattr(_signal, name) for name in THIN_SIGNALS]
+
+
+def still_running(state: Mapping[str, Any]) -> str:
+    """What a runner that ends without knowing its task's end says of that task."""
+    arn = str(state.get("task_arn") or "")
+    return f"task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: {state.get('stop_command')}"
+
+
 class HandedOver(BaseException):
     """The judge of a task that failed to start launched again and handed the new task over: the
     thin runner waits on that one (become_thin_runner), with the signal that came meanwhile."""
@@ -296,8 +309,8 @@ class ThinRunner:
     lines, keeps the log tail, owns the deadline and the signals, and at the end has the
     watcher's child judge and print (or execs into the full ecsbatch, the same pid) as always."""
 
-    def __init__(self, state: Dict[str, Any], ecsbatch_file: str) -> None:
-        self.state, self.file = state, ecsbatch_file
+    def __init__(self, state: Dict[str, Any]) -> None:
+        self.state = state
         self.signals: List[int] = list(state.get("pending") or [])  # came as the launch handed over
         self.tail: List[str] = []
         self.tail_size = 0
@@ -375,7 +388,7 @@ class ThinRunner:
         os.set_blocking(read_fd, False)
         _signal.set_wakeup_fd(write_fd)
         self.wake = [read_fd, write_fd]
-        numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
+        numbers = thin_signal_numbers()
         for signum in numbers:
             if signum == _signal.SIGHUP and _signal.getsignal(signum) == _signal.SIG_IGN:
                 continue  # nohup: whoever started the job asked it to outlive the session
@@ -404,8 +417,7 @@ class ThinRunner:
             first = self.signals[0]
             arn = self.state["task_arn"]
             said = (f"exiting now; StopTask was sent for task {arn.rsplit('/', 1)[-1]}" if self.stop_sent else
-                    f"exiting now; task {arn.rsplit('/', 1)[-1]} may still be running: stop it with: "
-                    f"{self.state['stop_command']}")
+                    f"exiting now; {still_running(self.state)}")
             import _signal
 
             name = next((n for n in THIN_SIGNALS if getattr(_signal, n) == signum), str(signum))
@@ -425,13 +437,11 @@ class ThinRunner:
         import _signal
 
         if not os.path.isfile(self.state["script"]):  # the release was pruned under the job
-            arn = self.state["task_arn"]
             self.write(2, f"ecsbatch: error: the watcher cannot finish this job and {self.state['script']} is gone "
-                          f"(a release pruned under it): task {arn.rsplit('/', 1)[-1]} may still be running: "
-                          f"stop it with: {self.state['stop_command']}")
+                          f"(a release pruned under it): {still_running(self.state)}")
             self.unregister()
             os._exit(125)
-        _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, thin_signal_numbers())
         resume = self.resume_state(resume)
         exec_with_state([sys.executable, self.state["script"]] + list(self.state["argv"]), resume)
 
@@ -523,7 +533,7 @@ class ThinRunner:
         if ending is not None and ending["op"] == "handoff":  # the task failed to start; a new one runs
             import _signal
 
-            _signal.pthread_sigmask(_signal.SIG_BLOCK, [getattr(_signal, name) for name in THIN_SIGNALS])
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, thin_signal_numbers())
             channel.sock.close()
             self.close()
             raise HandedOver(ending, self.signals[:1])
@@ -866,7 +876,7 @@ def run_through_watcher(args: List[str], *, region: Optional[str], profile: Opti
             except OSError:
                 pass
 
-    numbers = [getattr(_signal, name) for name in THIN_SIGNALS]
+    numbers = thin_signal_numbers()
     before = {signum: _signal.getsignal(signum) for signum in numbers}
     for signum in numbers:
         if before[signum] != _signal.SIG_IGN:
@@ -985,7 +995,7 @@ def become_thin_runner(handoff: Dict[str, Any], *, args: List[str], script: str,
     while True:
         runner: Optional[ThinRunner] = None
         try:
-            runner = ThinRunner(dict(handoff["state"], pending=pending, **shared), ECSBATCH_FILE)
+            runner = ThinRunner(dict(handoff["state"], pending=pending, **shared))
             runner.run()
         except HandedOver as again:
             handoff, pending = again.handoff, again.pending
@@ -1002,9 +1012,7 @@ def thin_last_word(runner: Optional[ThinRunner], state: Mapping[str, Any]) -> No
                              else {"mode": "adopt"})
     except Exception:
         pass
-    arn = str(state.get("task_arn") or "")
-    os.write(2, f"ecsbatch: error: the wait on task {arn.rsplit('/', 1)[-1]} failed, and it may still be running: "
-                f"stop it with: {state.get('stop_command')}\n".encode("utf-8", "replace"))
+    os.write(2, f"ecsbatch: error: the wait failed: {still_running(state)}\n".encode("utf-8", "replace"))
     os._exit(125)
 
 
@@ -2645,15 +2653,16 @@ def botocore_session() -> Any:
     return _botocore_session
 
 
-_ecs_model: List[Any] = []
+_ecs_model = None
 
 
 def ecs_service_model() -> Any:
     """botocore's own ECS model, read from disk: no credentials, no network. One per process, so
     that the shapes it resolves are resolved once (the watcher's launch children inherit them)."""
-    if not _ecs_model:
-        _ecs_model.append(botocore_session().get_service_model("ecs"))
-    return _ecs_model[0]
+    global _ecs_model
+    if _ecs_model is None:
+        _ecs_model = botocore_session().get_service_model("ecs")
+    return _ecs_model
 
 
 def resolve_shapes(shape: Any, seen: Optional[set] = None) -> None:

@@ -319,6 +319,8 @@ class RelaunchingWatcher:
                     channel.send(answers[op])
                 if op == "watch":
                     channel.send({"op": "final", "how": "stopped", "task": {}})
+                    if self.after_final(channel):
+                        return
                 elif op == "finish":
                     self.finishes += 1
                     channel.send({"op": "launching", "pid": os.getpid()})
@@ -328,6 +330,10 @@ class RelaunchingWatcher:
             pass
         finally:
             conn.close()
+
+    def after_final(self, channel) -> bool:
+        """True: this connection is done (the runner's "finish" is then never read whole)."""
+        return False
 
     def close(self) -> None:
         self.listener.close()
@@ -384,33 +390,16 @@ class JudgeBeforeTheFinishIsSent(RelaunchingWatcher):
 
     STATE = dict(RelaunchingWatcher.STATE, definition={"padding": "x" * (2 << 20)})
 
-    def serve(self, conn) -> None:
-        channel = ecsbatch.LineChannel(conn)
-        try:
-            while True:
-                message = channel.receive(30)
-                if message is None:
-                    return
-                op = message["op"]
-                if op == "hello":
-                    channel.send({"op": "hello", "release": ecsbatch.__version__})
-                elif op == "launch":
-                    channel.send({"op": "launching", "pid": os.getpid()})
-                elif op == "go":
-                    channel.send({"op": "handoff", "state": self.STATE})
-                elif op == "watch":
-                    channel.send({"op": "watching"})
-                    channel.send({"op": "final", "how": "stopped", "task": {}})
-                    while b'"finish"' not in channel.buffer:
-                        channel.buffer += conn.recv(65536)
-                    self.finishes += 1
-                    channel.send({"op": "launching", "pid": os.getpid()})
-                    channel.send({"op": "exit", "code": self.code})
-                    return
-        except (OSError, ValueError):
-            pass
-        finally:
-            conn.close()
+    def after_final(self, channel) -> bool:
+        while b'"finish"' not in channel.buffer:
+            data = channel.sock.recv(65536)
+            if not data:
+                return True
+            channel.buffer += data
+        self.finishes += 1
+        channel.send({"op": "launching", "pid": os.getpid()})
+        channel.send({"op": "exit", "code": self.code})
+        return True
 
 
 def test_a_judge_that_answered_before_the_finish_went_out_is_the_only_judge(wjob):
