@@ -282,6 +282,15 @@ def start_watcher(command: List[str], paths: Mapping[str, str], wait: float) -> 
 # --- the thin runner: stdlib only ---------------------------------------------------------------
 
 
+def last_line(text: str) -> None:
+    """One line on stderr before an exit, straight to fd 2: a stderr closed, full or broken, or a
+    character it cannot take, never keeps the exit code from being the one meant."""
+    try:
+        os.write(2, (text + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 def thin_signal_numbers() -> List[int]:
     """The numbers of THIN_SIGNALS (_signal: the signal module imports enum, half a megabyte)."""
     import _signal
@@ -663,7 +672,7 @@ def exec_with_state(argv: List[str], state: Mapping[str, Any], fd_env: str = RES
     try:
         os.execve(argv[0], argv, env)
     except OSError as exc:
-        os.write(2, f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running\n".encode())
+        last_line(f"ecsbatch: error: could not run {argv[0]}: {exc}; the task may still be running")
         os._exit(125)
 
 
@@ -1012,7 +1021,7 @@ def thin_last_word(runner: Optional[ThinRunner], state: Mapping[str, Any]) -> No
                              else {"mode": "adopt"})
     except Exception:
         pass
-    os.write(2, f"ecsbatch: error: the wait failed: {still_running(state)}\n".encode("utf-8", "replace"))
+    last_line(f"ecsbatch: error: the wait failed: {still_running(state)}")
     os._exit(125)
 
 
@@ -1075,8 +1084,8 @@ if __name__ in ("ecsbatch", "__main__") and THIN_FD_ENV in os.environ:
         try:
             resume_thin(_fd)
         except Exception as _exc:  # the state did not come through: say so, and what may be running
-            os.write(2, f"ecsbatch: error: the thin runner got no state from its exec ({type(_exc).__name__}); "
-                        "a task may have been launched: see `ecsbatch status`\n".encode())
+            last_line(f"ecsbatch: error: the thin runner got no state from its exec ({type(_exc).__name__}); "
+                      "a task may have been launched: see `ecsbatch status`")
             os._exit(125)
 if __name__ in ("ecsbatch", "__main__") and thin_start_wanted(sys.argv, os.environ):
     try:
